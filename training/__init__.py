@@ -1,0 +1,1 @@
+"""Training: data sets, the Trainer family, experiment functions and MLflow tracking."""
