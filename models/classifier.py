@@ -76,12 +76,18 @@ class BinaryClassifier(Classifier):
         return torch.where(positive, self.positive_class, 1 - self.positive_class).to(torch.int)
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """Device of a module's first parameter (CPU for parameter-free modules)."""
+    param = next(module.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def positive_scores(classifier: BinaryClassifier, x: torch.Tensor) -> np.ndarray:
     """Positive-class probabilities as numpy (in eval mode, on the classifier's device)."""
     was_training = classifier.training
     classifier.eval()
-    device = next(classifier.parameters()).device
+    device = module_device(classifier)
     try:
         proba = classifier.predict_proba(x.to(device))
     finally:
@@ -152,7 +158,7 @@ def plot_decision_boundary_2d(classifier: Classifier, x: torch.Tensor, y: torch.
     grid = torch.stack([x1_grid.reshape(-1), x2_grid.reshape(-1)], dim=1)
     was_training = classifier.training
     classifier.eval()
-    device = next(classifier.parameters()).device
+    device = module_device(classifier)
     try:
         y_hat = classifier.classify(grid.to(device)).cpu().reshape(x1_grid.shape)
     finally:

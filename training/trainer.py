@@ -200,7 +200,11 @@ class ClassifierTrainer(Trainer):
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                  device: Optional[torch.device | str] = None, scheduler=None, scheduler_interval: str = "epoch",
-                 amp_dtype: Optional[torch.dtype] = None, grad_clip: Optional[float] = None):
+                 amp_dtype: Optional[torch.dtype] = None, grad_clip: Optional[float] = None,
+                 augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+        """scheduler_interval: step the scheduler per "epoch" or per "batch".
+        amp_dtype: autocast dtype on CUDA (e.g. torch.bfloat16); ignored on CPU, where it is slow.
+        augment: a batch transform applied to training inputs only, on the device."""
         super().__init__(model, device)
         if scheduler_interval not in ("epoch", "batch"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'batch', got {scheduler_interval!r}")
@@ -210,6 +214,7 @@ class ClassifierTrainer(Trainer):
         self.scheduler_interval = scheduler_interval
         self.amp_dtype = amp_dtype
         self.grad_clip = grad_clip
+        self.augment = augment
 
     def _to_device(self, batch):
         X, y = batch
@@ -223,6 +228,8 @@ class ClassifierTrainer(Trainer):
 
     def train_batch(self, batch) -> BatchResult:
         X, y = self._to_device(batch)
+        if self.augment is not None:
+            X = self.augment(X)
         with self._autocast(X):
             z = self.model(X)
             loss = self.loss_fn(z, y)

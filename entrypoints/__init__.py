@@ -1,0 +1,1 @@
+"""Command-line entry points; MLproject calls these as `python -m entrypoints.<module> ...`."""

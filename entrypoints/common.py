@@ -1,0 +1,67 @@
+"""Options and start-up shared by every entry point (tracking store, device, threads)."""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+import click
+
+
+def resolve_device(device: Optional[str]) -> str:
+    """'auto' (or None) -> cuda when available, else cpu; explicit names are checked."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise click.BadParameter(f"{device!r} is not a device; use auto, cpu, cuda or cuda:N", param_hint="--device")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter(f"{device!r} requested but CUDA is not available here; use cpu or auto",
+                                 param_hint="--device")
+    return str(dev)
+
+
+def tracking_options(f):
+    """--tracking-uri and --experiment, the same on every entry point."""
+    f = click.option("--experiment", default=None,
+                     help="MLflow experiment for new top-level runs (default: archlab, or $ARCHLAB_EXPERIMENT). "
+                          "Ignored under `mlflow run`, which picks the experiment itself.")(f)
+    f = click.option("--tracking-uri", default=None,
+                     help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).")(f)
+    return f
+
+
+def start(tracking_uri: Optional[str], experiment: Optional[str]) -> str:
+    """Configure the store (fails fast when a server is unreachable) and CPU threads."""
+    import torch
+
+    from training import tracking
+
+    if experiment:
+        os.environ["ARCHLAB_EXPERIMENT"] = experiment
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    return tracking.configure_tracking(tracking_uri)
+
+
+def print_where(uri: str) -> None:
+    click.echo(f"\nRuns logged to {uri}")
+    if uri.startswith("sqlite:"):
+        click.echo(f"View them with:  mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")
+    else:
+        click.echo(f"View them at the tracking server's UI: {uri}")
+
+
+def positive_int(ctx, param, value):
+    if value is not None and value < 1:
+        raise click.BadParameter(f"must be a positive integer, got {value}")
+    return value
+
+
+def epochs_override(ctx, param, value):
+    """None or 0 (MLproject's default) mean "use the config's value"; negatives are errors."""
+    if value is not None and value < 0:
+        raise click.BadParameter(f"must be a positive integer (or 0 for the config's value), got {value}")
+    return value or None

@@ -1,0 +1,85 @@
+"""Part 1 entry points: `main` (the whole Part 1), `first-classifier`, `mlp-grid`.
+
+    python -m entrypoints.part1 main                 # what `mlflow run . -e main` runs
+    python -m entrypoints.part1 mlp-grid --epochs 10
+"""
+from __future__ import annotations
+
+import time
+
+import click
+
+from entrypoints.common import epochs_override, print_where, resolve_device, start, tracking_options
+
+CONFIG_HELP = "Part 1 config: a name in configs/ or a YAML path."
+
+
+def _load(config: str):
+    from training.config import load_config
+    from training.part1 import check_part1_config
+
+    cfg = load_config(config)
+    try:
+        check_part1_config(cfg)
+    except (KeyError, ValueError) as e:
+        raise click.UsageError(f"bad config {config!r}: {e}") from None
+    return cfg
+
+
+@click.group()
+def cli():
+    """archlab Part 1: MLPs on the synthetic non-iid 2D data, tracked in MLflow."""
+
+
+@cli.command()
+@click.option("--config", default="part1", show_default=True, help=CONFIG_HELP)
+@click.option("--epochs", type=int, default=None, callback=epochs_override, help="Override the grid's epochs per cell.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+@tracking_options
+def main(config, epochs, device, tracking_uri, experiment):
+    """The whole Part 1: first classifier, then the depth x width grid."""
+    from training import tracking
+    from training.part1 import run_first_classifier, run_mlp_grid
+
+    cfg, device = _load(config), resolve_device(device)
+    uri = start(tracking_uri, experiment)
+    t0 = time.perf_counter()
+    with tracking.open_run("part1", tags={tracking.GRID_TAG: "part1", tracking.ROLE_TAG: "parent"}):
+        run_first_classifier(cfg, device=device)
+        run_mlp_grid(cfg, device=device, epochs=epochs)
+    click.echo(f"Part 1 done in {time.perf_counter() - t0:.0f} s on {device}.")
+    print_where(uri)
+
+
+@cli.command("first-classifier")
+@click.option("--config", default="part1", show_default=True, help=CONFIG_HELP)
+@click.option("--epochs", type=int, default=None, callback=epochs_override, help="Override the epochs (20).")
+@click.option("--device", default="auto", show_default=True)
+@tracking_options
+def first_classifier(config, epochs, device, tracking_uri, experiment):
+    """Only the first binary classifier (training demo, ROC threshold)."""
+    from training.part1 import run_first_classifier
+
+    cfg, device = _load(config), resolve_device(device)
+    uri = start(tracking_uri, experiment)
+    run_first_classifier(cfg, device=device, epochs=epochs)
+    print_where(uri)
+
+
+@cli.command("mlp-grid")
+@click.option("--config", default="part1", show_default=True, help=CONFIG_HELP)
+@click.option("--epochs", type=int, default=None, callback=epochs_override, help="Override the epochs per cell (10).")
+@click.option("--device", default="auto", show_default=True)
+@tracking_options
+def mlp_grid(config, epochs, device, tracking_uri, experiment):
+    """Only the depth x width grid (one parent run, a child per cell)."""
+    from training.part1 import run_mlp_grid
+
+    cfg, device = _load(config), resolve_device(device)
+    uri = start(tracking_uri, experiment)
+    run_mlp_grid(cfg, device=device, epochs=epochs)
+    print_where(uri)
+
+
+if __name__ == "__main__":
+    cli()

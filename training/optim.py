@@ -1,0 +1,93 @@
+"""Optimisers, schedules and losses built from config dicts, validated before any training."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Optional
+
+import torch
+from torch import nn
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LOSSES = ("cross_entropy", "nll")
+SCHEDULES = ("none", "cosine", "onecycle", "linear_warmup_decay")
+
+
+def _number(spec: Mapping[str, Any], key: str, default: float, lo: float, hi: float = float("inf"),
+            lo_open: bool = False) -> float:
+    value = spec.get(key, default)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"optimizer {key} must be a number, got {value!r}") from None
+    ok = (value > lo if lo_open else value >= lo) and value < hi
+    if not ok:
+        bound = f"{'>' if lo_open else '>='} {lo}" + (f" and < {hi}" if hi != float("inf") else "")
+        raise ValueError(f"optimizer {key} must be {bound}, got {value!r}")
+    return value
+
+
+def check_optimizer_spec(spec: Mapping[str, Any]) -> dict:
+    """Normalised optimizer spec, or a ValueError naming the bad value."""
+    name = str(spec.get("name", "sgd")).lower()
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid: {list(OPTIMIZERS)}")
+    out = dict(name=name, lr=_number(spec, "lr", 1e-3, 0.0, lo_open=True),
+               weight_decay=_number(spec, "weight_decay", 0.0, 0.0))
+    if name == "sgd":
+        out["momentum"] = _number(spec, "momentum", 0.0, 0.0, 1.0)
+        out["nesterov"] = bool(spec.get("nesterov", False))
+        if out["nesterov"] and out["momentum"] == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+    unknown = set(spec) - {"name", "lr", "weight_decay", "momentum", "nesterov"}
+    if unknown:
+        raise ValueError(f"unknown optimizer settings {sorted(unknown)}; valid: name, lr, weight_decay, momentum, nesterov")
+    return out
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], spec: Mapping[str, Any]) -> torch.optim.Optimizer:
+    spec = check_optimizer_spec(spec)
+    name = spec.pop("name")
+    if name == "sgd":
+        return torch.optim.SGD(params, **spec)
+    return {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name](params, **spec)
+
+
+def make_loss(name: str = "cross_entropy", label_smoothing: float = 0.0, out_activation: Optional[str] = None) -> nn.Module:
+    """Cross-entropy on raw scores; NLL only when the model already ends in log-softmax."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid: {list(LOSSES)}")
+    if not 0.0 <= float(label_smoothing) < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    if name == "nll":
+        if out_activation != "logsoftmax":
+            raise ValueError("loss 'nll' needs log-probabilities: set out_activation='logsoftmax' or use 'cross_entropy'")
+        return nn.NLLLoss()
+    return nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int, steps_per_epoch: int,
+                   warmup_frac: float = 0.2):
+    """(scheduler, interval) for a named schedule over `epochs` epochs of `steps_per_epoch` batches.
+
+    cosine steps per epoch; onecycle and linear_warmup_decay (airbench-style triangle) per batch.
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown lr schedule {name!r}; valid: {list(SCHEDULES)}")
+    if name == "none":
+        return None, "epoch"
+    if epochs < 1 or steps_per_epoch < 1:
+        raise ValueError(f"a schedule needs epochs >= 1 and steps_per_epoch >= 1, got {epochs}, {steps_per_epoch}")
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs), "epoch"
+    total = epochs * steps_per_epoch
+    if name == "onecycle":
+        max_lr = [g["lr"] for g in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total,
+                                                   pct_start=warmup_frac), "batch"
+    warm = max(1, int(warmup_frac * total))
+
+    def factor(step: int) -> float:  # linear warm-up, then linear decay to 0
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "batch"

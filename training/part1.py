@@ -1,0 +1,187 @@
+"""Part 1 as MLflow runs: the first classifier and the depth x width grid.
+
+Each trained model is one run that logs its recipe (params), per-epoch curves (one batched call
+per epoch; validation is the fit's "test" loader, logged as valid_*), the ROC threshold chosen
+on validation, accuracy/FPR/FNR at 0.5 and at that threshold, figures, checkpoint and model.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from itertools import product
+from typing import Any, Dict, Mapping, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import torch  # noqa: E402
+
+from models.classifier import plot_decision_boundary_2d, plot_roc, positive_scores, roc_optimal_point  # noqa: E402
+from training import tracking  # noqa: E402
+from training.evaluation import binary_report, plot_confusion  # noqa: E402
+from training.experiments import BinaryOutcome, build_binary_mlp, train_binary_mlp  # noqa: E402
+from training.figures import plot_fit  # noqa: E402
+from training.optim import check_optimizer_spec, make_loss  # noqa: E402
+from training.synthetic import make_loaders, make_synthetic_splits  # noqa: E402
+
+GRID_NAME = "mlp_grid"
+SPLITS = ("train", "valid", "test")
+
+
+def grid_run_name(depth: int, width: int) -> str:
+    return f"mlp_d{depth}_w{width}"
+
+
+def check_part1_config(cfg: Mapping[str, Any]) -> None:
+    """Every recipe value checked up front, so a typo fails before minutes of training."""
+    fc, grid = cfg["first_classifier"], cfg["mlp_grid"]
+    build_binary_mlp(fc["n_layers"], fc["hidden_dims"], fc["activation"], fc["out_activation"], fc.get("threshold", 0.5))
+    for name, section in (("first_classifier", fc), ("mlp_grid", grid)):
+        check_optimizer_spec(section["optimizer"])
+        make_loss(section.get("loss_fn", "cross_entropy"), out_activation=section.get("out_activation", "none"))
+        if not isinstance(section["epochs"], int) or section["epochs"] < 1:
+            raise ValueError(f"{name}.epochs must be a positive integer, got {section['epochs']!r}")
+    for d, w in product(grid["depths"], grid["widths"]):
+        build_binary_mlp(d, w, grid.get("activation", "relu"))
+
+
+def _loaders(cfg: Mapping[str, Any]):
+    splits = make_synthetic_splits(cfg["seed"])
+    return splits, make_loaders(splits, batch_size=cfg["batch_size"], seed=cfg["seed"])
+
+
+def _tensors(dl):
+    return dl.dataset.tensors
+
+
+def _evaluate_and_log(out: BinaryOutcome, loaders: Dict[str, Any], boundary_split: str, title: str) -> Dict[str, float]:
+    """Metrics at 0.5 and at the ROC threshold on every split, plus the figures."""
+    model, metrics, reports = out.model, {"roc_threshold": out.thresh, "valid_acc": out.valid_acc,
+                                          "test_acc": out.test_acc}, {}
+    for thr_name, thr in (("thr05", 0.5), ("thrroc", out.thresh)):
+        model.threshold = thr
+        for split in SPLITS:
+            rep = binary_report(model, *_tensors(loaders[split]))
+            reports[(split, thr_name)] = rep
+            metrics.update({f"{split}_{k}_{thr_name}": rep[k] for k in ("acc", "fpr", "fnr")})
+    model.threshold = out.thresh
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 8))
+    for (i, thr_name), (j, split) in product(enumerate(("thr05", "thrroc")), enumerate(SPLITS)):
+        thr = 0.5 if thr_name == "thr05" else out.thresh
+        plot_confusion(reports[(split, thr_name)], f"{split}, threshold {thr:.2f}", ax=axes[i, j])
+    fig.tight_layout()
+    tracking.log_figure(fig, "figures/confusion_matrices.png")
+
+    x_val, y_val = _tensors(loaders["valid"])
+    fpr, tpr, thr_arr, idx = roc_optimal_point(y_val.numpy(), positive_scores(model, x_val))
+    fig, _ = plot_roc(fpr, tpr, idx, out.thresh)
+    fig.suptitle(f"{title}: ROC on validation")
+    tracking.log_figure(fig, "figures/roc_valid.png")
+
+    fig, _ = plot_fit(out.fit, train_test_overlay=True)
+    fig.suptitle(f"{title}: train vs valid (per-epoch mean loss)")
+    tracking.log_figure(fig, "figures/fit.png")
+
+    for thr_name, thr in (("thr05", 0.5), ("thrroc", out.thresh)):
+        model.threshold = thr
+        fig, ax = plot_decision_boundary_2d(model, *_tensors(loaders[boundary_split]))
+        ax.set_title(f"{title}: {boundary_split}, threshold {thr:.2f}")
+        tracking.log_figure(fig, f"figures/boundary_{boundary_split}_{thr_name}.png")
+    model.threshold = out.thresh
+    return metrics
+
+
+def _train_logged_binary(run_name: str, model, hp: Mapping[str, Any], params: Mapping[str, Any], loaders,
+                         n_epochs: int, boundary_split: str, tags: Mapping[str, str], device: Optional[str]):
+    """One MLflow run: params, per-epoch metrics, evaluation, figures, checkpoint, model."""
+    with tracking.open_run(run_name, tags=tags) as run:
+        tracking.log_params(params)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = os.path.join(tmp, "best_model.pt")
+            logger = tracking.EpochLogger(prefix_map={"test_loss": "valid_loss", "test_acc": "valid_acc_epoch",
+                                                      "best_test_acc": "best_valid_acc"})
+            out = train_binary_mlp(model, hp, loaders["train"], loaders["valid"], loaders["test"], n_epochs,
+                                   device=device, checkpoints=ckpt, on_epoch_end=logger)
+            mlflow.log_artifact(ckpt, "checkpoints")
+        metrics = _evaluate_and_log(out, loaders, boundary_split, run_name)
+        tracking.log_metrics(metrics, step=out.fit.num_epochs)
+        tracking.log_torch_model(out.model, _tensors(loaders["valid"])[0][:5].numpy())
+        return out, metrics, run.info.run_id
+
+
+def _data_params(cfg, loaders) -> Dict[str, Any]:
+    return dict(seed=cfg["seed"], batch_size=cfg["batch_size"],
+                **{f"n_{s}": len(loaders[s].dataset) for s in SPLITS})
+
+
+def run_first_classifier(cfg: Mapping[str, Any], device: Optional[str] = None, epochs: Optional[int] = None):
+    """The programme's first classifier (20 epochs of SGD), logged as run `first_classifier`."""
+    fc = dict(cfg["first_classifier"])
+    n_epochs = epochs or fc["epochs"]
+    _, dls = _loaders(cfg)
+    loaders = dict(zip(SPLITS, dls))
+    torch.manual_seed(cfg["seed"])
+    model = build_binary_mlp(fc["n_layers"], fc["hidden_dims"], fc["activation"], fc["out_activation"],
+                             fc.get("threshold", 0.5))
+    params = {**_data_params(cfg, loaders), **{k: v for k, v in fc.items() if k != "epochs"}, "epochs": n_epochs}
+    out, metrics, _ = _train_logged_binary("first_classifier", model, fc, params, loaders, n_epochs, "valid",
+                                           {tracking.GRID_TAG: "first_classifier"}, device)
+    print(f"first_classifier: train_acc={out.fit.train_acc[-1]:.1f}% valid_acc={out.valid_acc:.1f}% "
+          f"ROC threshold={out.thresh:.3f} -> valid_acc={metrics['valid_acc_thrroc']:.1f}% "
+          f"test_acc={out.test_acc:.1f}%")
+    return out, metrics
+
+
+def run_mlp_grid(cfg: Mapping[str, Any], device: Optional[str] = None, epochs: Optional[int] = None):
+    """The depth x width grid: a parent run with one child per cell and the boundary mosaic."""
+    grid = dict(cfg["mlp_grid"])
+    n_epochs = epochs or grid["epochs"]
+    depths, widths = grid["depths"], grid["widths"]
+    _, dls = _loaders(cfg)
+    loaders = dict(zip(SPLITS, dls))
+    results = {}
+    with tracking.open_run(GRID_NAME, tags={tracking.GRID_TAG: GRID_NAME, tracking.ROLE_TAG: "parent"}):
+        recipe = {k: v for k, v in grid.items() if k not in ("depths", "widths", "epochs")}
+        tracking.log_params({**_data_params(cfg, loaders), **recipe, "epochs": n_epochs, "depths": depths,
+                             "widths": widths})
+        torch.manual_seed(cfg["seed"])  # once before the loop, as the programme does
+        t0 = time.perf_counter()
+        for (i, width), (j, depth) in product(enumerate(widths), enumerate(depths)):
+            name = grid_run_name(depth, width)
+            model = build_binary_mlp(depth, width, grid.get("activation", "relu"), grid.get("out_activation", "none"))
+            params = {**_data_params(cfg, loaders), **recipe, "epochs": n_epochs, "depth": depth, "width": width,
+                      "n_params": sum(p.numel() for p in model.parameters())}
+            tags = {tracking.GRID_TAG: GRID_NAME, tracking.ROLE_TAG: "child",
+                    tracking.HASH_TAG: tracking.config_hash(params)}
+            out, metrics, run_id = _train_logged_binary(name, model, grid, params, loaders, n_epochs, "test", tags,
+                                                        device)
+            results[(depth, width)] = (out, metrics)
+            print(f"{name}: thresh={out.thresh:.2f} valid_acc={out.valid_acc:.1f}% test_acc={out.test_acc:.1f}%")
+        test_accs = torch.tensor([r[0].test_acc for r in results.values()])
+        summary = {"grid_min_test_acc": float(test_accs.min()),
+                   "grid_q75_test_acc": float(torch.quantile(test_accs, 0.75)),
+                   "grid_mean_test_acc": float(test_accs.mean()),
+                   "grid_wall_time_s": time.perf_counter() - t0}
+        tracking.log_metrics(summary, step=n_epochs)
+        tracking.log_figure(boundary_mosaic(results, depths, widths, loaders["test"]), "figures/boundary_mosaic.png")
+    print(f"mlp_grid: min test_acc={summary['grid_min_test_acc']:.1f}% "
+          f"75th percentile={summary['grid_q75_test_acc']:.1f}%")
+    return results, summary
+
+
+def boundary_mosaic(results, depths, widths, dl_test):
+    """Rows = widths, columns = depths; each cell annotated with thresh, valid and test accuracy."""
+    fig, axes = plt.subplots(len(widths), len(depths), figsize=(5 * len(depths), 4 * len(widths)), squeeze=False)
+    x, y = _tensors(dl_test)
+    for (i, width), (j, depth) in product(enumerate(widths), enumerate(depths)):
+        out, _ = results[(depth, width)]
+        ax = axes[i, j]
+        plot_decision_boundary_2d(out.model, x, y, ax=ax)
+        ax.set_title(f"depth={depth}, width={width}\nthresh={out.thresh:.2f}, valid_acc={out.valid_acc:.1f}%, "
+                     f"test_acc={out.test_acc:.1f}%", fontsize=10)
+    fig.tight_layout()
+    return fig

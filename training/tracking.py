@@ -1,0 +1,181 @@
+"""MLflow plumbing shared by every entry point: store selection, run nesting, batched logging.
+
+Conventions (the analysis relies on them):
+- every grid is one *parent* run tagged `grid=<name>`, `archlab.role=parent`; each configuration
+  is a nested *child* run tagged `grid=<name>`, `archlab.role=child`, `archlab.config_hash=<hash>`;
+- per-epoch metrics are logged with one `log_batch` call per epoch at `step = epoch` (1-based);
+- the default store is MLflow's own default, `sqlite:///mlflow.db` in the working directory.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Any, Dict, Iterator, Mapping, Optional
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+DEFAULT_EXPERIMENT = "archlab"
+ROLE_TAG = "archlab.role"
+HASH_TAG = "archlab.config_hash"
+GRID_TAG = "grid"
+MAX_PARAM_LENGTH = 6000
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{os.path.abspath('mlflow.db')}"
+
+
+def configure_tracking(tracking_uri: Optional[str] = None, check_timeout_s: float = 10.0) -> str:
+    """Point MLflow at `tracking_uri` (else $MLFLOW_TRACKING_URI, else ./mlflow.db) and check that
+    the store answers, so an unreachable server fails in seconds, before any training."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri, check_timeout_s)
+    return uri
+
+
+def _check_server(uri: str, timeout_s: float) -> None:
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            if resp.status != 200:
+                raise ConnectionError(f"HTTP {resp.status}")
+    except (OSError, urllib.error.URLError, ConnectionError) as e:
+        raise ConnectionError(
+            f"MLflow tracking server {uri!r} is not reachable ({e}); start it (python -m entrypoints.server) "
+            f"or unset MLFLOW_TRACKING_URI to use the local store {default_tracking_uri()!r}") from e
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Stable short hash of a JSON-able config: equal configs -> equal hash (used for resume)."""
+    blob = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> Dict[str, str]:
+    """Nested dicts become dotted keys; lists are JSON; every value a string within MLflow's limit."""
+    flat: Dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, prefix=f"{name}."))
+        else:
+            text = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+            flat[name] = text[:MAX_PARAM_LENGTH]
+    return flat
+
+
+@contextlib.contextmanager
+def open_run(name: str, tags: Optional[Mapping[str, str]] = None, experiment: Optional[str] = None,
+             run_id: Optional[str] = None) -> Iterator[mlflow.ActiveRun]:
+    """Start (or resume, with `run_id`) a run in the right place:
+
+    - inside an active run: a nested child of it;
+    - launched by `mlflow run` (MLFLOW_RUN_ID set): the project's own run becomes this run;
+    - otherwise: a new top-level run in `experiment` (default "archlab").
+    A run that raises ends FAILED with the error kept as the tag `archlab.error`.
+    """
+    tags = dict(tags or {})
+    if run_id is not None:
+        ctx = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
+    elif mlflow.active_run() is not None:
+        ctx = mlflow.start_run(run_name=name, nested=True, tags=tags)
+    elif os.environ.get("MLFLOW_RUN_ID"):
+        ctx = mlflow.start_run(run_name=name, tags=tags)
+    else:
+        if not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+            mlflow.set_experiment(experiment or os.environ.get("ARCHLAB_EXPERIMENT", DEFAULT_EXPERIMENT))
+        ctx = mlflow.start_run(run_name=name, tags=tags)
+    with ctx as run:
+        if run_id is not None and tags:
+            mlflow.set_tags(tags)
+        try:
+            yield run
+        except BaseException as e:
+            status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+            with contextlib.suppress(Exception):
+                mlflow.set_tag("archlab.error", f"{type(e).__name__}: {e}"[:5000])
+            mlflow.end_run(status=status)
+            raise
+
+
+def log_params(params: Mapping[str, Any], run_id: Optional[str] = None) -> None:
+    """All params in one call; a resumed run re-logging the same values is fine."""
+    run_id = run_id or mlflow.active_run().info.run_id
+    flat = flatten_params(params)
+    client = MlflowClient()
+    existing = client.get_run(run_id).data.params
+    new = [Param(k, v) for k, v in flat.items() if k not in existing]
+    changed = {k: (existing[k], v) for k, v in flat.items() if k in existing and existing[k] != v}
+    if changed:
+        raise ValueError(f"run {run_id} already has different values for params {changed}")
+    for i in range(0, len(new), 100):
+        client.log_batch(run_id, params=new[i:i + 100])
+
+
+def log_metrics(metrics: Mapping[str, Any], step: int, run_id: Optional[str] = None) -> None:
+    """Numeric, finite-or-not metrics in a single `log_batch` call (one round-trip per epoch)."""
+    run_id = run_id or mlflow.active_run().info.run_id
+    ts = int(time.time() * 1000)
+    batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if batch:
+        MlflowClient().log_batch(run_id, metrics=batch)
+
+
+class EpochLogger:
+    """Trainer `on_epoch_end` callback: one batched MLflow call per epoch, step = epoch."""
+
+    def __init__(self, run_id: Optional[str] = None, prefix_map: Optional[Mapping[str, str]] = None):
+        self.run_id = run_id or mlflow.active_run().info.run_id
+        self.prefix_map = dict(prefix_map or {})
+
+    def __call__(self, epoch_metrics: Dict[str, Any]) -> None:
+        epoch = epoch_metrics["epoch"]
+        renamed = {self.prefix_map.get(k, k): v for k, v in epoch_metrics.items() if k not in ("epoch", "improved")}
+        log_metrics({k: v for k, v in renamed.items() if v is not None}, step=epoch, run_id=self.run_id)
+
+
+def log_figure(fig, artifact_file: str, close: bool = True) -> None:
+    import matplotlib.pyplot as plt
+
+    mlflow.log_figure(fig, artifact_file)
+    if close:
+        plt.close(fig)
+
+
+def log_dict_artifact(obj: Any, artifact_file: str) -> None:
+    mlflow.log_dict(obj, artifact_file)
+
+
+def log_torch_model(model, input_example, name: str = "model") -> None:
+    """Log the final model once. Explicit pip requirements skip MLflow's slow inference (~6 s)."""
+    import mlflow.pytorch
+    import torch
+
+    reqs = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
+    model_cpu = model.to("cpu").eval()
+    mlflow.pytorch.log_model(model_cpu, name=name, input_example=input_example, pip_requirements=reqs)
+
+
+def find_runs(filter_string: str, experiment_names: Optional[list] = None) -> "Any":
+    """search_runs over the given experiments (default: all), as a pandas DataFrame."""
+    kwargs = dict(filter_string=filter_string, output_format="pandas", max_results=50_000)
+    if experiment_names:
+        return mlflow.search_runs(experiment_names=experiment_names, **kwargs)
+    return mlflow.search_runs(search_all_experiments=True, **kwargs)
+
+
+def is_finite(x: float) -> bool:
+    return x is not None and math.isfinite(x)
