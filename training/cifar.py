@@ -354,7 +354,8 @@ class DeviceLoader:
         self.epoch += 1
         return self._batches(order, shift_y, shift_x, flip)
 
-    def _draw_epoch(self):
+    def _draw_epoch(self) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(order, shift_y, shift_x, flip) for every image of the coming epoch, moved to the device."""
         n, g = self.num_images, self.generator
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         shift_y = shift_x = flip = None
@@ -363,8 +364,7 @@ class DeviceLoader:
             shift_y = torch.randint(-p, p + 1, (n,), generator=g)
             shift_x = torch.randint(-p, p + 1, (n,), generator=g)
             flip = torch.randint(0, 2, (n,), generator=g).bool() if self.flip else torch.zeros(n, dtype=torch.bool)
-        to_dev = lambda t: None if t is None else t.to(self.device, non_blocking=True)
-        return to_dev(order), to_dev(shift_y), to_dev(shift_x), to_dev(flip)
+        return tuple(None if t is None else t.to(self.device, non_blocking=True) for t in (order, shift_y, shift_x, flip))
 
     def _batches(self, order, shift_y, shift_x, flip) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         for i in range(len(self)):
@@ -376,7 +376,7 @@ class DeviceLoader:
             yield self._normalise(x), self.labels[idx]
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() * self._scale + self._shift).to(self.dtype)
+        x = x.to(torch.float32).mul_(self._scale).add_(self._shift).to(self.dtype)  # in place: one allocation
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def state_dict(self) -> Dict[str, Any]:
@@ -384,6 +384,7 @@ class DeviceLoader:
         return {"generator": self.generator.get_state(), "epoch": self.epoch, "num_images": self.num_images}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continue the exact shuffle/augmentation stream saved by state_dict()."""
         if state.get("num_images") != self.num_images:
             raise ValueError(f"loader state is for {state.get('num_images')} images, this loader has "
                              f"{self.num_images}: resuming with a different split would not be exact")
