@@ -1,7 +1,8 @@
 """Versioned experiment configs (configs/*.yaml): loading, and the programme's hp readers."""
 from __future__ import annotations
 
-import os
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Dict
 
@@ -27,6 +28,13 @@ def load_config(name_or_path: str) -> Dict[str, Any]:
     if not isinstance(cfg, dict):
         raise ValueError(f"config {path} must hold a mapping at top level, got {type(cfg).__name__}")
     return cfg
+
+
+def config_hash(config: Dict[str, Any]) -> str:
+    """Stable short hash of a JSON-able config: equal configs -> equal hash (runs are tagged with
+    it, so a rerun finds the configurations that already finished)."""
+    blob = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def require_keys(section: Dict[str, Any], keys, where: str) -> None:

@@ -85,3 +85,16 @@ def mlp_experiment(depth: int, width: int, dl_train, dl_valid, dl_test, n_epochs
     model = build_binary_mlp(depth, width, hp.get("activation", "relu"), hp.get("out_activation", "none"))
     out = train_binary_mlp(model, hp, dl_train, dl_valid, dl_test, n_epochs, **kw)
     return out.model, out.thresh, out.valid_acc, out.test_acc
+
+
+# Part 3: the CIFAR-10 experiment and its results files live in their own modules; re-exported
+# here so the programme's names are found in one place.
+from training.cnn_experiment import cnn_experiment  # noqa: E402,F401
+from training.results_io import load_experiment, save_experiment  # noqa: E402,F401
+
+
+def experiment_name_of(kwargs) -> str:
+    """The run/file name of a cnn_experiment kwargs dict (e.g. exp1_1_L2_K32)."""
+    from training.results_io import experiment_name
+
+    return experiment_name(kwargs["run_name"], kwargs["filters_per_layer"], kwargs["layers_per_block"])

@@ -9,7 +9,6 @@ Conventions (the analysis relies on them):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -21,10 +20,13 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from training.config import config_hash  # noqa: F401  (re-exported: runs are tagged with it)
+
 DEFAULT_EXPERIMENT = "archlab"
 ROLE_TAG = "archlab.role"
 HASH_TAG = "archlab.config_hash"
 GRID_TAG = "grid"
+DIVERGED_TAG = "archlab.diverged"
 MAX_PARAM_LENGTH = 6000
 
 
@@ -55,12 +57,6 @@ def _check_server(uri: str, timeout_s: float) -> None:
         raise ConnectionError(
             f"MLflow tracking server {uri!r} is not reachable ({e}); start it (python -m entrypoints.server) "
             f"or unset MLFLOW_TRACKING_URI to use the local store {default_tracking_uri()!r}") from e
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """Stable short hash of a JSON-able config: equal configs -> equal hash (used for resume)."""
-    blob = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> Dict[str, str]:
@@ -110,6 +106,25 @@ def open_run(name: str, tags: Optional[Mapping[str, str]] = None, experiment: Op
             raise
 
 
+def current_experiment_id() -> str:
+    """The experiment `open_run` would put a new run in (same resolution order)."""
+    active = mlflow.active_run()
+    if active is not None:
+        return active.info.experiment_id
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return MlflowClient().get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return os.environ["MLFLOW_EXPERIMENT_ID"]
+    name = os.environ.get("ARCHLAB_EXPERIMENT", DEFAULT_EXPERIMENT)
+    exp = mlflow.get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None else mlflow.create_experiment(name)
+
+
+def mark_diverged(reason: str) -> None:
+    """Tag the active run as diverged (NaN/inf loss): a rerun will not retry it blindly."""
+    mlflow.set_tags({DIVERGED_TAG: "true", "archlab.error": reason[:5000]})
+
+
 def log_params(params: Mapping[str, Any], run_id: Optional[str] = None) -> None:
     """All params in one call; a resumed run re-logging the same values is fine."""
     run_id = run_id or mlflow.active_run().info.run_id
@@ -135,14 +150,23 @@ def log_metrics(metrics: Mapping[str, Any], step: int, run_id: Optional[str] = N
 
 
 class EpochLogger:
-    """Trainer `on_epoch_end` callback: one batched MLflow call per epoch, step = epoch."""
+    """Trainer `on_epoch_end` callback: one batched MLflow call per epoch, step = epoch.
 
-    def __init__(self, run_id: Optional[str] = None, prefix_map: Optional[Mapping[str, str]] = None):
+    Idempotent per step: epochs the run already holds (a resumed run replays its saved epochs)
+    are skipped, so every step is logged exactly once even across kills and resumes."""
+
+    def __init__(self, run_id: Optional[str] = None, prefix_map: Optional[Mapping[str, str]] = None,
+                 probe_key: str = "train_loss"):
         self.run_id = run_id or mlflow.active_run().info.run_id
         self.prefix_map = dict(prefix_map or {})
+        logged = MlflowClient().get_metric_history(self.run_id, self.prefix_map.get(probe_key, probe_key))
+        self.last_logged_step = max((m.step for m in logged), default=0)
 
     def __call__(self, epoch_metrics: Dict[str, Any]) -> None:
         epoch = epoch_metrics["epoch"]
+        if epoch <= self.last_logged_step:
+            return
+        self.last_logged_step = epoch
         renamed = {self.prefix_map.get(k, k): v for k, v in epoch_metrics.items() if k not in ("epoch", "improved")}
         log_metrics({k: v for k, v in renamed.items() if v is not None}, step=epoch, run_id=self.run_id)
 

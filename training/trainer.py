@@ -44,7 +44,10 @@ class Trainer(ABC):
             the full training state (optimizer, scheduler, RNG, counters, curves) is written
             beside it every epoch as `<checkpoints>.state` so an interrupted fit can resume.
         early_stopping: stop after this many epochs without test-accuracy improvement.
-        resume: continue from `<checkpoints>.state` when it exists.
+        resume: continue from `<checkpoints>.state` when it exists. The saved epochs' metrics are
+            replayed through `on_epoch_end` first, so a logger that skips steps it already has
+            (training.tracking.EpochLogger) ends with every epoch exactly once.
+        on_epoch_end: called with a metrics dict after each epoch (after the state is saved).
         kw: passed to train_epoch/test_epoch (e.g. max_batches, verbose).
         """
         if num_epochs < 1:
@@ -52,14 +55,18 @@ class Trainer(ABC):
         if early_stopping is not None and early_stopping < 1:
             raise ValueError(f"early_stopping must be None or >= 1, got {early_stopping}")
         curves = dict(train_loss=[], train_acc=[], test_loss=[], test_acc=[])
+        history: list = []  # the per-epoch metrics dicts given to on_epoch_end
         best_acc, epochs_without_improvement, start_epoch = None, 0, 0
         state_file = f"{checkpoints}.state" if checkpoints else None
         if resume and state_file and os.path.isfile(state_file):
             saved = self.load_training_state(state_file, dl_train)
-            curves, best_acc = saved["curves"], saved["best_acc"]
+            curves, best_acc, history = saved["curves"], saved["best_acc"], saved.get("history", [])
             epochs_without_improvement, start_epoch = saved["epochs_without_improvement"], saved["epoch"]
             if print_every:
                 print(f"*** Resuming from {state_file} after epoch {start_epoch}")
+            if on_epoch_end is not None:
+                for metrics in history:
+                    on_epoch_end(metrics)
 
         for epoch in range(start_epoch, num_epochs):
             if early_stopping is not None and epochs_without_improvement >= early_stopping:
@@ -90,16 +97,16 @@ class Trainer(ABC):
 
             if not math.isfinite(train_loss):
                 raise NonFiniteLossError(f"training loss became {train_loss} in epoch {epoch + 1}")
+            metrics = dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_res.accuracy, test_loss=test_loss,
+                           test_acc=test_res.accuracy, best_test_acc=best_acc, lr=lr, epoch_time_s=epoch_time,
+                           train_images_per_s=(self._last_train_samples / train_time) if train_time > 0 else 0.0,
+                           improved=improved)
+            history.append(metrics)
             if state_file:
                 self.save_training_state(state_file, dl_train, epoch=epoch + 1, curves=curves, best_acc=best_acc,
-                                         epochs_without_improvement=epochs_without_improvement)
+                                         epochs_without_improvement=epochs_without_improvement, history=history)
             if on_epoch_end is not None:
-                on_epoch_end(dict(
-                    epoch=epoch + 1, train_loss=train_loss, train_acc=train_res.accuracy, test_loss=test_loss,
-                    test_acc=test_res.accuracy, best_test_acc=best_acc, lr=lr, epoch_time_s=epoch_time,
-                    train_images_per_s=(self._last_train_samples / train_time) if train_time > 0 else 0.0,
-                    improved=improved,
-                ))
+                on_epoch_end(metrics)
         return FitResult(len(curves["train_acc"]), **curves)
 
     def current_lr(self) -> Optional[float]:
@@ -297,3 +304,25 @@ def _atomic_save(obj: Any, filename: str) -> None:
 
 def _mean(values) -> float:
     return float(sum(values) / len(values)) if len(values) else float("nan")
+
+
+class BatchLimit:
+    """A loader view that yields at most `max_batches` batches per epoch (the programme's
+    `batches` option), applied to the training loader only; evaluation always sees every image."""
+
+    def __init__(self, loader, max_batches: Optional[int]):
+        if max_batches is not None and max_batches < 1:
+            raise ValueError(f"max_batches must be None or >= 1, got {max_batches}")
+        self.loader, self.max_batches = loader, max_batches
+
+    def __len__(self) -> int:
+        return len(self.loader) if self.max_batches is None else min(len(self.loader), self.max_batches)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i >= len(self):
+                break
+            yield batch
+
+    def __getattr__(self, name):  # batch_size, dataset, state_dict, ... of the wrapped loader
+        return getattr(self.loader, name)

@@ -1,0 +1,136 @@
+"""Part 3 entry points: the programme's `run-exp` CLI and the experiment grids.
+
+    python -m entrypoints.cifar run-exp -n exp1_1 -K 32 -L 2 -P 1 -H 100     # one configuration
+    python -m entrypoints.cifar grid exp1_2 --epochs 2 --n-train 30000        # what `mlflow run . -e exp1_2` runs
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import click
+
+from entrypoints.common import print_where, resolve_device, start, tracking_options
+
+
+def _grid_names():
+    from training.grids import GRIDS
+
+    return GRIDS
+
+
+def zero_is_none(ctx, param, value):
+    """MLproject passes 0 for "use the config's value"; negatives are errors."""
+    if value is not None and value < 0:
+        raise click.BadParameter(f"must be a positive integer (or 0 for the config's value), got {value}")
+    return value or None
+
+
+def auto_is_none(ctx, param, value):
+    return None if value in (None, "", "auto") else value
+
+
+@click.group()
+def cli():
+    """archlab Part 3: CIFAR-10 architecture experiments, tracked in MLflow."""
+
+
+@cli.command()
+@click.argument("name", type=click.Choice(["test_run", "exp1_1", "exp1_2", "exp1_3", "exp1_4", "exp2"]))
+@click.option("--epochs", type=int, default=None, callback=zero_is_none, help="Max epochs per configuration.")
+@click.option("--batches", type=int, default=None, callback=zero_is_none, help="Training batches per epoch.")
+@click.option("--bs-train", type=int, default=None, callback=zero_is_none, help="Training batch size.")
+@click.option("--n-train", type=int, default=None, callback=zero_is_none, help="Training images (subset).")
+@click.option("--n-valid", type=int, default=None, callback=zero_is_none, help="Validation images.")
+@click.option("--data-dir", default=None, callback=auto_is_none,
+              help="Folder holding cifar-10-batches-py (default: $ARCHLAB_DATA, else ~/.cache/archlab/data).")
+@click.option("--download/--no-download", default=False, show_default=True, help="Download CIFAR-10 when missing.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+@click.option("--out-dir", default="./results", show_default=True, help="Where the results JSON files go.")
+@click.option("--restart", type=click.BOOL, default=False, show_default=True,
+              help="true: train every configuration afresh. By default finished ones are skipped and "
+                   "interrupted ones resume.")
+@click.option("--allow-small", type=click.BOOL, default=False, show_default=True,
+              help="true: allow fewer than the programme's 30000 train / 5000 validation images (smoke runs).")
+@tracking_options
+def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, download, device, out_dir, restart,
+         allow_small, tracking_uri, experiment):
+    """Run (or continue) experiment grid NAME: a parent run with one child run per configuration."""
+    from training.grids import run_grid
+
+    device = resolve_device(device)
+    options = dict(n_train=n_train, n_valid=n_valid, data_dir=data_dir, download=download or None,
+                   restart=restart or None, allow_small=allow_small or None)
+    overrides = dict(epochs=epochs, batches=batches, bs_train=bs_train, device=device, out_dir=out_dir,
+                     options={k: v for k, v in options.items() if v is not None})
+    uri = start(tracking_uri, experiment)
+    try:
+        run_grid(name, overrides)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.UsageError(str(e)) from None
+    print_where(uri)
+
+
+def run_exp_parser() -> argparse.ArgumentParser:
+    """The programme's run-exp options (argparse: -K and -H take several values)."""
+    p = argparse.ArgumentParser(prog="python -m entrypoints.cifar run-exp",
+                                description="Run one CIFAR-10 experiment configuration (programme's run-exp).")
+    p.add_argument("--run-name", "-n", type=str, required=True, help="Name of run and output file")
+    p.add_argument("--out-dir", "-o", type=str, default="./results", help="Output folder")
+    p.add_argument("--seed", "-s", type=int, default=None, help="Random seed")
+    p.add_argument("--device", "-d", type=str, default=None, help="Device (default: cuda if available)")
+    p.add_argument("--bs-train", type=int, default=128, help="Train batch size")
+    p.add_argument("--bs-test", type=int, default=None, help="Test batch size")
+    p.add_argument("--batches", type=int, default=100, help="Number of batches per epoch (0: all)")
+    p.add_argument("--epochs", type=int, default=100, help="Maximal number of epochs")
+    p.add_argument("--early-stopping", type=int, default=3, help="Stop after this many epochs without improvement")
+    p.add_argument("--checkpoints", type=str, default=None, help="Checkpoint file for the best model")
+    p.add_argument("--lr", type=float, default=1e-3, help="Learning rate")
+    p.add_argument("--reg", type=float, default=1e-3, help="L2 regularization")
+    p.add_argument("--filters-per-layer", "-K", type=int, nargs="+", required=True, help="Filters per conv layer")
+    p.add_argument("--layers-per-block", "-L", type=int, required=True, help="Layers per block")
+    p.add_argument("--pool-every", "-P", type=int, required=True, help="Pool after this number of conv layers")
+    p.add_argument("--hidden-dims", "-H", type=int, nargs="+", required=True, help="Output size of hidden linear layers")
+    p.add_argument("--model-type", "-M", choices=["cnn", "resnet", "ycn"], default="cnn", help="Which model to train")
+    # archlab's additions
+    p.add_argument("--data-dir", type=str, default=None, help="Folder holding cifar-10-batches-py")
+    p.add_argument("--download", action="store_true", help="Download CIFAR-10 when missing")
+    p.add_argument("--n-train", type=int, default=None, help="Training images (default: 45000)")
+    p.add_argument("--n-valid", type=int, default=5000, help="Validation images")
+    p.add_argument("--augment", action="store_true", help="Random translate + flip")
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam")
+    p.add_argument("--restart", action="store_true", help="Train afresh even if this configuration finished")
+    p.add_argument("--allow-small", action="store_true", help="Allow fewer than 30000/5000 images (smoke runs)")
+    p.add_argument("--tracking-uri", type=str, default=None, help="MLflow tracking URI")
+    p.add_argument("--experiment", type=str, default=None, help="MLflow experiment for new top-level runs")
+    return p
+
+
+@cli.command("run-exp", context_settings=dict(ignore_unknown_options=True, allow_extra_args=True,
+                                              help_option_names=[]))
+@click.pass_context
+def run_exp(ctx):
+    """One configuration, with the programme's options (-n -K -L -P -H -M ...; --help for all)."""
+    args = run_exp_parser().parse_args(ctx.args)
+    from training.cnn_experiment import cnn_experiment
+
+    device = resolve_device(args.device) if args.device else None
+    uri = start(args.tracking_uri, args.experiment)
+    kw = dict(data_dir=args.data_dir, download=args.download, n_train=args.n_train, n_valid=args.n_valid,
+              augment=args.augment, optimizer=args.optimizer, restart=args.restart, allow_small=args.allow_small)
+    try:
+        cnn_experiment(args.run_name, out_dir=args.out_dir, seed=args.seed, device=device, bs_train=args.bs_train,
+                       bs_test=args.bs_test, batches=args.batches or None, epochs=args.epochs,
+                       early_stopping=args.early_stopping or None, checkpoints=args.checkpoints, lr=args.lr,
+                       reg=args.reg, filters_per_layer=args.filters_per_layer,
+                       layers_per_block=args.layers_per_block, pool_every=args.pool_every,
+                       hidden_dims=args.hidden_dims, model_type=args.model_type, **kw)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.UsageError(str(e)) from None
+    print_where(uri)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 1:
+        sys.argv.append("--help")
+    cli()

@@ -1,0 +1,124 @@
+"""CIFAR-10 experiment grids (exp1_1 ... exp2, test_run) from configs/<name>.yaml.
+
+A grid file names a base recipe (`base:`), the model type, the run name, and a list of
+K x L blocks; `pool_every: auto` picks, per configuration, the smallest pool_every that keeps
+every feature map at least 1x1. The grid is one MLflow parent run; cnn_experiment makes each
+configuration a child (skipping finished ones, resuming interrupted ones).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Mapping, Optional
+
+from training import tracking
+from training.config import load_config
+
+GRIDS = ("test_run", "exp1_1", "exp1_2", "exp1_3", "exp1_4", "exp2")
+RUN_KEYS = ("seed", "bs_train", "bs_test", "batches", "epochs", "early_stopping", "lr", "reg", "hidden_dims",
+            "pool_every", "out_dir", "device")
+
+
+def _merge(base: Dict[str, Any], top: Mapping[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def load_grid_config(name: str) -> Dict[str, Any]:
+    """configs/<name>.yaml merged over its `base:` recipe."""
+    cfg = load_config(name)
+    if "base" in cfg:
+        cfg = _merge(load_config(cfg.pop("base")), cfg)
+    for key in ("run_name", "model_type", "grid"):
+        if key not in cfg:
+            raise ValueError(f"grid config {name!r} is missing {key!r}")
+    return cfg
+
+
+def _pool_every(cfg: Mapping[str, Any], K: List[int], L: int) -> int:
+    rule = cfg.get("pool_every", "auto")
+    if isinstance(rule, Mapping):  # {L: P}
+        if L not in rule:
+            raise ValueError(f"pool_every mapping {dict(rule)} has no entry for L={L}")
+        return int(rule[L])
+    if rule != "auto":
+        return int(rule)
+    from models.cnn import min_valid_pool_every
+
+    channels = [k for k in K for _ in range(L)]
+    return min_valid_pool_every((3, 32, 32), channels, dict(kernel_size=3, stride=1, padding=1), dict(kernel_size=2))
+
+
+def expand_grid(cfg: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any]]:
+    """One cnn_experiment kwargs dict per configuration, in the programme's order.
+
+    overrides: top-level keys (epochs, batches, bs_train, device, out_dir ...) and `options`
+    entries (n_train, n_valid, data_dir ...) given on the command line; None values are ignored.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    options = dict(cfg.get("options", {}))
+    options.update(overrides.pop("options", {}) or {})
+    runs = []
+    for block in cfg["grid"]:
+        Ks = block["K"] if isinstance(block["K"][0], list) else [block["K"]]
+        for K in Ks:
+            for L in block["L"]:
+                kwargs = {k: cfg[k] for k in RUN_KEYS if k in cfg}
+                kwargs.update(overrides)
+                kwargs.update(run_name=cfg["run_name"], model_type=cfg["model_type"], filters_per_layer=list(K),
+                              layers_per_block=int(L), pool_every=_pool_every({**cfg, **overrides}, list(K), int(L)),
+                              **copy.deepcopy(options))
+                runs.append(kwargs)
+    return runs
+
+
+def check_grid(runs: List[Dict[str, Any]]) -> None:
+    """Validate every configuration (arguments, options, model shapes) before the first one trains."""
+    import torch
+
+    from training.cnn_experiment import Settings, build_model, check_cnn_config
+
+    rng = torch.get_rng_state()
+    try:
+        for kwargs in runs:
+            run_keys = {"run_name", "out_dir", "seed", "device", "bs_train", "bs_test", "batches", "epochs",
+                        "early_stopping", "checkpoints", "lr", "reg", "filters_per_layer", "layers_per_block",
+                        "pool_every", "hidden_dims", "model_type"}
+            cfg = dict(out_dir="./results", seed=None, device=None, bs_train=128, bs_test=None, batches=100,
+                       epochs=100, early_stopping=3, checkpoints=None, lr=1e-3, reg=1e-3)
+            cfg.update({k: v for k, v in kwargs.items() if k in run_keys})
+            cfg["bs_test"] = cfg["bs_test"] or max(cfg["bs_train"] // 4, 1)
+            settings = Settings.from_kw({k: v for k, v in kwargs.items() if k not in run_keys})
+            check_cnn_config(cfg)
+            with torch.device("meta"):
+                build_model(cfg, settings)
+    finally:
+        torch.set_rng_state(rng)
+
+
+def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Run (or continue) grid `name` as one parent run with a child per configuration."""
+    from training.cnn_experiment import cnn_experiment
+    from training.experiments import experiment_name_of
+    from training.trainer import NonFiniteLossError
+
+    cfg = load_grid_config(name)
+    runs = expand_grid(cfg, overrides)
+    check_grid(runs)
+    outcome = {"written": [], "skipped": [], "diverged": []}
+    with tracking.open_run(name, tags={tracking.GRID_TAG: name, tracking.ROLE_TAG: "parent"}):
+        tracking.log_params({"grid": cfg["grid"], "model_type": cfg["model_type"], "run_name": cfg["run_name"],
+                             "n_configurations": len(runs)})
+        for kwargs in runs:
+            label = experiment_name_of(kwargs)
+            try:
+                path = cnn_experiment(grid=name, **kwargs)
+            except NonFiniteLossError as e:
+                print(f"*** {label} diverged ({e}); the run is FAILED with the reason as a tag. Continuing.")
+                outcome["diverged"].append(label)
+                continue
+            outcome["written" if path else "skipped"].append(label)
+    print(f"*** Grid {name}: {len(outcome['written'])} trained, {len(outcome['skipped'])} already done, "
+          f"{len(outcome['diverged'])} diverged")
+    return outcome
