@@ -411,8 +411,8 @@ def _check_loader_args(images, labels, batch_size, drop_last, crop_padding, pad_
 # ==================================================================================== convenience
 def cifar10_loaders(data_dir: str | os.PathLike | None, device: str | torch.device, n_train: Optional[int],
                     n_valid: int, bs_train: int, bs_test: int, augment: bool, seed: int, channels_last: bool = False,
-                    download: bool = False, allow_small: bool = False, split_seed: Optional[int] = None
-                    ) -> Tuple[DeviceLoader, DeviceLoader, DeviceLoader]:
+                    download: bool = False, allow_small: bool = False, split_seed: Optional[int] = None,
+                    crop_padding: int = 4) -> Tuple[DeviceLoader, DeviceLoader, DeviceLoader]:
     """(train, valid, test) DeviceLoaders. Only train shuffles (drop_last, optional augmentation);
     valid/test keep every image in order. split_seed (default: seed) picks the validation images;
     fix it to compare runs with different seeds on the same validation set."""
@@ -421,7 +421,7 @@ def cifar10_loaders(data_dir: str | os.PathLike | None, device: str | torch.devi
     check_programme_minimum(len(train.y), len(valid.y), allow_small)
     common = dict(device=device, channels_last=channels_last)
     dl_train = DeviceLoader(train.x, train.y, bs_train, shuffle=True, drop_last=True, augment=augment,
-                            seed=_derive_seed(seed, "train-loader"), **common)
+                            crop_padding=crop_padding, seed=_derive_seed(seed, "train-loader"), **common)
     dl_valid = DeviceLoader(valid.x, valid.y, bs_test, **common)
     dl_test = DeviceLoader(test.x, test.y, bs_test, **common)
     return dl_train, dl_valid, dl_test

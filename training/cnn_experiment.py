@@ -214,7 +214,7 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
     dl_train, dl_valid, dl_test = cifar10_loaders(
         settings.data_dir, dev, settings.n_train, settings.n_valid, bs_train, bs_test, settings.augment, seed,
         channels_last=channels_last, download=settings.download, allow_small=settings.allow_small,
-        split_seed=settings.split_seed)
+        split_seed=settings.split_seed, crop_padding=settings.crop_padding)
     dl_train_epoch = BatchLimit(dl_train, batches)
     model = model.to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = make_optimizer(model.parameters(), settings.optimizer_spec(lr, reg))
@@ -226,19 +226,26 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
 
     def train_and_test(on_epoch_end=None) -> tuple:
         t0 = time.perf_counter()
+        history = []  # per-epoch metrics (times, images/s, lr) for the results file
+
+        def record(metrics):
+            history.append({k: v for k, v in metrics.items() if k != "improved"})
+            if on_epoch_end is not None:
+                on_epoch_end(metrics)
+
         fit = trainer.fit(dl_train_epoch, dl_valid, epochs, checkpoints=state_base, early_stopping=early_stopping,
-                          print_every=settings.print_every, resume=not settings.restart, on_epoch_end=on_epoch_end)
+                          print_every=settings.print_every, resume=not settings.restart, on_epoch_end=record)
         model.load_state_dict(load_checkpoint(state_base, map_location=dev))
         test = trainer.test_epoch(dl_test, verbose=False)
         final = dict(test_acc=test.accuracy, test_loss=sum(test.losses) / len(test.losses),
                      best_valid_acc=max(fit.test_acc), best_epoch=1 + fit.test_acc.index(max(fit.test_acc)),
-                     fit_wall_time_s=time.perf_counter() - t0)
-        return fit, final
+                     fit_wall_time_s=time.perf_counter() - t0, n_params=n_params)
+        return fit, final, history
 
     n_params = sum(p.numel() for p in model.parameters())
     if not settings.tracking:  # runs without MLflow installed (e.g. a bare GPU box)
-        fit, final = train_and_test()
-        return _finish(run_name, out_dir, cfg, fit, final, name)
+        fit, final, history = train_and_test()
+        return _finish(run_name, out_dir, cfg, fit, final, name, epochs=history)
 
     import mlflow
 
@@ -256,7 +263,7 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
         logger = tracking.EpochLogger(prefix_map={"test_loss": "valid_loss", "test_acc": "valid_acc",
                                                   "best_test_acc": "best_valid_acc"})
         try:
-            fit, final = train_and_test(logger)
+            fit, final, history = train_and_test(logger)
         except Exception as e:
             from training.trainer import NonFiniteLossError
 
@@ -264,7 +271,7 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
                 tracking.mark_diverged(str(e))
             raise
         tracking.log_metrics(final, step=fit.num_epochs)
-        path = _finish(run_name, out_dir, cfg, fit, final, name, mlflow_run_id=run.info.run_id)
+        path = _finish(run_name, out_dir, cfg, fit, final, name, epochs=history, mlflow_run_id=run.info.run_id)
         mlflow.log_artifact(path, "results")
         mlflow.log_artifact(state_base, "checkpoints")
         if settings.log_model:

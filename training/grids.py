@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, List, Mapping, Optional
 
-from training import tracking
 from training.config import load_config
 
 GRIDS = ("test_run", "exp1_1", "exp1_2", "exp1_3", "exp1_4", "exp2")
@@ -99,6 +98,7 @@ def check_grid(runs: List[Dict[str, Any]]) -> None:
 
 def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Run (or continue) grid `name` as one parent run with a child per configuration."""
+    from training import tracking
     from training.cnn_experiment import cnn_experiment
     from training.experiments import experiment_name_of
     from training.trainer import NonFiniteLossError

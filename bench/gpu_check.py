@@ -1,0 +1,153 @@
+"""One-shot GPU check (performance issue, benchmark 5): run it on a single-GPU machine.
+
+    python bench/gpu_check.py --npz PATH/cifar10-jpeg.npz --out gpu_check.json --deadline 480
+    python bench/gpu_check.py --data-dir ~/.cache/archlab/data --out gpu_check.json
+
+In priority order, each step skipped once `--deadline` seconds have passed, the JSON file
+rewritten after every step (so a killed run still leaves its figures):
+  1. exp2 (YourCNN) at L=3 and L=6, full size: 10 epochs x 45000 images, test accuracy, wall time;
+  2. epoch time of every configuration of test_run, exp1_1..exp1_4 at full size (2 short
+     epochs each, the second one timed) and the extrapolated time of the whole programme;
+  3. exp2 at L=9 and L=12, then deeper rows (L=18, L=30) while time remains.
+Runs without MLflow (tracking off): it measures the training path only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from training.cnn_experiment import cnn_experiment  # noqa: E402
+from training.experiments import experiment_name_of  # noqa: E402
+from training.grids import expand_grid, load_grid_config  # noqa: E402
+
+N_TRAIN, N_VALID = 45000, 5000
+
+
+def run_config(kwargs, out_dir, data_dir, **extra):
+    kw = dict(kwargs)
+    kw.update(out_dir=out_dir, data_dir=data_dir, tracking=False, print_every=0, log_model=False,
+              checkpoint_dir=os.path.join(out_dir, "ckpt"), restart=True, **extra)
+    t0 = time.perf_counter()
+    path = cnn_experiment(**kw)
+    wall = time.perf_counter() - t0
+    with open(path) as f:
+        res = json.load(f)
+    return res, wall
+
+
+def summarise_training(res, wall):
+    epochs = res["epochs"]
+    cumulative, t = [], 0.0
+    for e in epochs:
+        t += e["epoch_time_s"]
+        cumulative.append(round(t, 2))
+    return dict(test_acc=res["final_test"]["test_acc"], best_valid_acc=res["final_test"]["best_valid_acc"],
+                n_params=res["final_test"]["n_params"], wall_s=round(wall, 1), epochs=len(epochs),
+                valid_acc_per_epoch=[round(a, 2) for a in res["results"]["test_acc"]],
+                cumulative_epoch_time_s=cumulative,
+                train_images_per_s=round(epochs[-1]["train_images_per_s"]))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--npz", help="cifar10-jpeg.npz to unpack first (with make_cifar10.py beside it)")
+    ap.add_argument("--data-dir", default="/tmp/cifar")
+    ap.add_argument("--out", default="gpu_check.json")
+    ap.add_argument("--deadline", type=float, default=480.0)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script itself on a CPU")
+    args = ap.parse_args()
+    global N_TRAIN, N_VALID
+    smoke = {}
+    if args.smoke:
+        N_TRAIN, N_VALID = 200, 50
+        smoke = dict(epochs=1, allow_small=True, n_train=N_TRAIN, bs_train=32)
+    t_start = time.perf_counter()
+    report = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+              "torch": torch.__version__, "exp2": {}, "epoch_times": {}, "notes": []}
+
+    def save():
+        report["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+
+    def time_left():
+        return args.deadline - (time.perf_counter() - t_start)
+
+    if args.npz:
+        script = os.path.join(os.path.dirname(os.path.abspath(args.npz)), "make_cifar10.py")
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, script, args.data_dir], check=True)
+        report["unpack_s"] = round(time.perf_counter() - t0, 1)
+    out_dir = "/tmp/gpu_check_results"
+    torch.backends.cudnn.benchmark = True
+
+    exp2 = expand_grid(load_grid_config("exp2"), dict(options=dict(n_train=N_TRAIN, n_valid=N_VALID)))
+    by_l = {r["layers_per_block"]: r for r in exp2}
+
+    def exp2_run(L, min_left=60.0, **model_overrides):
+        base = dict(by_l.get(L) or {**by_l[3], "layers_per_block": L})
+        label = experiment_name_of(base) + "".join(f"_{k}{v}" for k, v in model_overrides.items())
+        if time_left() < min_left:
+            report["notes"].append(f"skipped {label}: deadline")
+            return
+        if model_overrides:
+            base["model_kwargs"] = {**base["model_kwargs"], **model_overrides}
+        try:
+            res, wall = run_config({**base, **smoke}, out_dir, args.data_dir)
+            report["exp2"][label] = summarise_training(res, wall)
+        except Exception as e:  # keep going: one failure must not lose the other figures
+            report["exp2"][label] = {"error": f"{type(e).__name__}: {e}"}
+        print(label, report["exp2"][label], flush=True)
+        save()
+
+    exp2_run(3)
+    exp2_run(6)
+
+    # 2. epoch time per configuration of every exp1 grid (and test_run), at full size
+    for grid in ("test_run", "exp1_1", "exp1_2", "exp1_3", "exp1_4"):
+        cfg = load_grid_config(grid)
+        for kwargs in expand_grid(cfg, dict(options=dict(n_valid=N_VALID)))[:1 if args.smoke else None]:
+            label = experiment_name_of(kwargs)
+            if time_left() < 150:
+                report["notes"].append(f"skipped timing {label}: deadline")
+                continue
+            try:
+                res, wall = run_config({**kwargs, "epochs": 2, "early_stopping": None,
+                                        "batches": 40 if kwargs.get("batches") is None else kwargs["batches"],
+                                        **{k: v for k, v in smoke.items() if k not in ("epochs", "bs_train")}},
+                                       out_dir, args.data_dir)
+                e2 = res["epochs"][-1]
+                bs, n_train = kwargs["bs_train"], kwargs.get("n_train") or (50000 - N_VALID)
+                images = n_train if kwargs.get("batches") is None else kwargs["batches"] * bs
+                train_s = images / e2["train_images_per_s"]
+                report["epoch_times"][label] = dict(
+                    train_images_per_s=round(e2["train_images_per_s"]), full_epoch_train_s=round(train_s, 2),
+                    planned_max_epochs=cfg["epochs"], valid_s=round(e2["epoch_time_s"] - 40 * bs / e2["train_images_per_s"], 2)
+                    if kwargs.get("batches") is None else None)
+            except Exception as e:
+                report["epoch_times"][label] = {"error": f"{type(e).__name__}: {e}"}
+            save()
+    exp1_total = sum(v["full_epoch_train_s"] * v["planned_max_epochs"] for v in report["epoch_times"].values()
+                     if "full_epoch_train_s" in v)
+    report["exp1_extrapolated_train_s_at_max_epochs"] = round(exp1_total, 1)
+    save()
+
+    exp2_run(9)
+    exp2_run(12)
+    exp2_run(6, min_left=90, width_mult=3)
+    exp2_run(18, min_left=90)
+    exp2_run(30, min_left=120)
+    save()
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
