@@ -47,20 +47,22 @@ def cli():
 @click.option("--download/--no-download", default=False, show_default=True, help="Download CIFAR-10 when missing.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
 @click.option("--out-dir", default="./results", show_default=True, help="Where the results JSON files go.")
+@click.option("--checkpoint-dir", default="checkpoints", show_default=True,
+              help="Where training states live (what a rerun resumes from).")
 @click.option("--restart", type=click.BOOL, default=False, show_default=True,
               help="true: train every configuration afresh. By default finished ones are skipped and "
                    "interrupted ones resume.")
 @click.option("--allow-small", type=click.BOOL, default=False, show_default=True,
               help="true: allow fewer than the programme's 30000 train / 5000 validation images (smoke runs).")
 @tracking_options
-def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, download, device, out_dir, restart,
-         allow_small, tracking_uri, experiment):
+def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, download, device, out_dir, checkpoint_dir,
+         restart, allow_small, tracking_uri, experiment):
     """Run (or continue) experiment grid NAME: a parent run with one child run per configuration."""
     from training.grids import run_grid
 
     device = resolve_device(device)
     options = dict(n_train=n_train, n_valid=n_valid, data_dir=data_dir, download=download or None,
-                   restart=restart or None, allow_small=allow_small or None)
+                   restart=restart or None, allow_small=allow_small or None, checkpoint_dir=checkpoint_dir)
     overrides = dict(epochs=epochs, batches=batches, bs_train=bs_train, device=device, out_dir=out_dir,
                      options={k: v for k, v in options.items() if v is not None})
     uri = start(tracking_uri, experiment)
@@ -81,7 +83,9 @@ def run_exp_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", "-d", type=str, default=None, help="Device (default: cuda if available)")
     p.add_argument("--bs-train", type=int, default=128, help="Train batch size")
     p.add_argument("--bs-test", type=int, default=None, help="Test batch size")
-    p.add_argument("--batches", type=int, default=100, help="Number of batches per epoch (0: all)")
+    p.add_argument("--batches", type=int, default=0,
+                   help="Number of training batches per epoch (default 0: all of them; the programme's 100 "
+                        "x 128 = 12800 images is below its own 30000-image minimum)")
     p.add_argument("--epochs", type=int, default=100, help="Maximal number of epochs")
     p.add_argument("--early-stopping", type=int, default=3, help="Stop after this many epochs without improvement")
     p.add_argument("--checkpoints", type=str, default=None, help="Checkpoint file for the best model")

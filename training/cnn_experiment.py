@@ -125,6 +125,25 @@ def check_cnn_config(cfg: Dict[str, Any]) -> None:
         raise ValueError(f"reg must be >= 0, got {cfg['reg']!r}")
 
 
+def check_images_per_epoch(cfg: Dict[str, Any], settings: Settings, n_available: int = 50000) -> None:
+    """The programme's floor (>= 30000 training images seen per epoch, >= 5000 validation images),
+    checked before any data is read; allow_small lifts it for tests and smoke runs."""
+    from training.cifar import MIN_TRAIN_IMAGES, MIN_VALID_IMAGES
+
+    if settings.allow_small:
+        return
+    n_train = settings.n_train or (n_available - settings.n_valid)
+    per_epoch = n_train if cfg["batches"] is None else min(n_train, cfg["batches"] * cfg["bs_train"])
+    if per_epoch < MIN_TRAIN_IMAGES:
+        limit = "" if cfg["batches"] is None else f" (batches={cfg['batches']} x bs_train={cfg['bs_train']})"
+        raise ValueError(f"too few training images per epoch: {per_epoch} training images per epoch{limit} < "
+                         f"{MIN_TRAIN_IMAGES}, the programme's minimum; use more batches (or batches=None / "
+                         f"--batches 0 for all), a larger n_train, or allow_small for a smoke run")
+    if settings.n_valid < MIN_VALID_IMAGES:
+        raise ValueError(f"n_valid={settings.n_valid} < {MIN_VALID_IMAGES}, the programme's minimum of validation "
+                         f"images; use allow_small for a smoke run")
+
+
 def build_model(cfg: Dict[str, Any], settings: Settings, in_size=(3, 32, 32), num_classes: int = 10):
     """ArgMaxClassifier over the configured CNN/ResNet/YourCNN (channels = each K repeated L times)."""
     from models.classifier import ArgMaxClassifier
@@ -180,6 +199,7 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
                pool_every=pool_every, hidden_dims=list(hidden_dims), model_type=model_type, kw=dict(kw))
     settings = Settings.from_kw(kw)
     check_cnn_config(cfg)
+    check_images_per_epoch(cfg, settings)
     torch.manual_seed(seed)
     model = build_model(cfg, settings)  # shape errors (maps shrinking below 1x1) surface here
     name = experiment_name(run_name, cfg["filters_per_layer"], layers_per_block)

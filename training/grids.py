@@ -76,7 +76,7 @@ def check_grid(runs: List[Dict[str, Any]]) -> None:
     """Validate every configuration (arguments, options, model shapes) before the first one trains."""
     import torch
 
-    from training.cnn_experiment import Settings, build_model, check_cnn_config
+    from training.cnn_experiment import Settings, build_model, check_cnn_config, check_images_per_epoch
 
     rng = torch.get_rng_state()
     try:
@@ -90,6 +90,7 @@ def check_grid(runs: List[Dict[str, Any]]) -> None:
             cfg["bs_test"] = cfg["bs_test"] or max(cfg["bs_train"] // 4, 1)
             settings = Settings.from_kw({k: v for k, v in kwargs.items() if k not in run_keys})
             check_cnn_config(cfg)
+            check_images_per_epoch(cfg, settings)
             with torch.device("meta"):
                 build_model(cfg, settings)
     finally:

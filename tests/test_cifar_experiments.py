@@ -1,0 +1,234 @@
+"""Part 3 end to end on small generated CIFAR-shaped data: cnn_experiment, results files, the
+run-exp and grid CLIs, every grid entry point, resume after SIGKILL, and bad input."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from cifar_fixtures import fake_cifar10, write_fake_cifar10  # noqa: F401
+from conftest import PROJECT_ROOT, subprocess_env
+from entrypoints.cifar import cli
+from training import tracking
+from training.cnn_experiment import cnn_experiment
+from training.grids import GRIDS, expand_grid, load_grid_config, run_grid
+from training.results_io import load_experiment
+
+PROGRAMME_CONFIG_KEYS = {"run_name", "out_dir", "seed", "device", "bs_train", "bs_test", "batches", "epochs",
+                         "early_stopping", "checkpoints", "lr", "reg", "filters_per_layer", "layers_per_block",
+                         "pool_every", "hidden_dims", "model_type", "kw"}
+SMALL = dict(n_train=96, n_valid=32, allow_small=True, log_model=False)
+
+
+def small_overrides(root, epochs=1, **options):
+    return dict(epochs=epochs, bs_train=32, options=dict(SMALL, data_dir=str(root), **options))
+
+
+def child_runs(grid):
+    runs = tracking.find_runs(f"tags.grid = '{grid}'")
+    return runs[runs["tags.archlab.role"] == "child"]
+
+
+def steps(run_id, key="train_loss"):
+    return sorted(m.step for m in MlflowClient().get_metric_history(run_id, key))
+
+
+def test_cnn_experiment_results_file_and_run_agree(mlflow_store, fake_cifar10, tmp_path):
+    path = cnn_experiment("exp1_1", out_dir=str(tmp_path / "results"), seed=7, bs_train=32, batches=2, epochs=3,
+                          early_stopping=None, filters_per_layer=[16], layers_per_block=2, pool_every=1,
+                          hidden_dims=[32], data_dir=str(fake_cifar10), **SMALL)
+    assert Path(path).name == "exp1_1_L2_K16.json"  # run_name 'exp1_1' + suffix, never doubled
+    payload = json.loads(Path(path).read_text())
+    assert set(payload["config"]) == PROGRAMME_CONFIG_KEYS and payload["config"]["run_name"] == "exp1_1"
+    assert payload["config"]["device"] is None  # captured before device autodetection
+    assert set(payload["results"]) == {"num_epochs", "train_loss", "train_acc", "test_loss", "test_acc"}
+    assert re.match(r"exp\d_(\d_)?(.*)\.json", Path(path).name).group(2) == "L2_K16"  # programme's legend
+    cfg, fit = load_experiment(path)
+    assert fit.num_epochs == 3 == len(fit.train_acc) and cfg["kw"]["n_train"] == 96
+
+    run = child_runs_any("exp1_1_L2_K16")
+    assert run["status"] == "FINISHED" and run["params.lr"] == "0.001" and run["params.filters_per_layer"] == "[16]"
+    assert run["params.n_train"] == "96" and run["params.batches"] == "2"
+    hist = sorted(MlflowClient().get_metric_history(run.run_id, "valid_acc"), key=lambda m: m.step)
+    assert [m.step for m in hist] == [1, 2, 3] and [m.value for m in hist] == pytest.approx(fit.test_acc)
+    for key in ("lr", "epoch_time_s", "train_images_per_s"):
+        assert steps(run.run_id, key) == [1, 2, 3]
+    assert run["metrics.test_acc"] == pytest.approx(payload["final_test"]["test_acc"])
+    files = [f.path for f in MlflowClient().list_artifacts(run.run_id, "results")]
+    assert files == ["results/exp1_1_L2_K16.json"]
+    assert [f.path for f in MlflowClient().list_artifacts(run.run_id, "checkpoints")]
+    # batches limits the training images per epoch (2 batches of 32), not the batch size
+    assert all(m["train_images_per_s"] > 0 for m in payload["epochs"])
+
+
+def child_runs_any(name):
+    runs = tracking.find_runs(f"attributes.run_name = '{name}'")
+    assert len(runs) == 1, runs
+    return runs.iloc[0]
+
+
+def test_rerun_skips_finished_configuration(mlflow_store, fake_cifar10, tmp_path, capsys):
+    kwargs = dict(out_dir=str(tmp_path), seed=1, bs_train=32, epochs=1, filters_per_layer=[8], layers_per_block=1,
+                  pool_every=1, hidden_dims=[16], data_dir=str(fake_cifar10), **SMALL)
+    assert cnn_experiment("exp1_2", **kwargs) is not None
+    assert cnn_experiment("exp1_2", **kwargs) is None
+    assert "Skipping exp1_2_L1_K8: already finished" in capsys.readouterr().out
+    assert len(tracking.find_runs("attributes.run_name = 'exp1_2_L1_K8'")) == 1
+    assert cnn_experiment("exp1_2", restart=True, **kwargs) is not None  # --restart trains again
+    assert len(tracking.find_runs("attributes.run_name = 'exp1_2_L1_K8'")) == 2
+
+
+def test_grid_names_and_pool_every_follow_the_programme():
+    names = {g: [f"{r['run_name']}_L{r['layers_per_block']}_K{'-'.join(map(str, r['filters_per_layer']))}"
+                 for r in expand_grid(load_grid_config(g))] for g in GRIDS}
+    assert len(names["exp1_1"]) == 8 and len(names["exp1_2"]) == 12 and len(names["exp1_3"]) == 4
+    assert len(names["exp1_4"]) == 6 and len(names["exp2"]) == 4 and names["test_run"] == ["test_run_L1_K32-64"]
+    assert names["exp1_1"][0] == "exp1_1_L2_K32" and names["exp1_3"][0] == "exp1_3_L1_K64-128-256"
+    assert names["exp2"][0] == "exp2_L3_K32-64-128" and "exp1_4_L2_K64-128-256" in names["exp1_4"]
+    pools = {f"{r['run_name']}_L{r['layers_per_block']}_K{'-'.join(map(str, r['filters_per_layer']))}": r["pool_every"]
+             for g in ("exp1_1", "exp1_3", "exp1_4") for r in expand_grid(load_grid_config(g))}
+    assert pools["exp1_1_L16_K32"] == 3 and pools["exp1_1_L8_K64"] == 2 and pools["exp1_3_L4_K64-128-256"] == 3
+    assert pools["exp1_4_L32_K32"] == 6 and pools["exp1_4_L8_K64-128-256"] == 5  # the reference's table
+
+
+@pytest.mark.parametrize("grid", ["test_run", "exp1_1", "exp1_2", "exp1_4", "exp2"])
+def test_every_grid_runs_end_to_end(mlflow_store, fake_cifar10, tmp_path, grid):
+    overrides = small_overrides(fake_cifar10, out_dir=str(tmp_path / "results"))
+    overrides["out_dir"] = overrides["options"].pop("out_dir")
+    if grid == "exp2":  # keep the CPU test small: the real config is 128-512 channels wide
+        overrides["options"]["model_kwargs"] = {"width_mult": 0.25, "tta_flip": True}
+    if grid == "test_run":
+        overrides.pop("bs_train")
+    outcome = run_grid(grid, overrides)
+    expected = [f"{r['run_name']}_L{r['layers_per_block']}_K{'-'.join(map(str, r['filters_per_layer']))}"
+                for r in expand_grid(load_grid_config(grid))]
+    assert sorted(outcome["written"]) == sorted(expected)
+    children = child_runs(grid)
+    assert sorted(children["tags.mlflow.runName"]) == sorted(expected)
+    parent = tracking.find_runs(f"tags.grid = '{grid}' and tags.`archlab.role` = 'parent'")
+    assert len(parent) == 1 and set(children["tags.mlflow.parentRunId"]) == {parent.run_id.iloc[0]}
+    assert children["status"].eq("FINISHED").all()
+    for _, row in children.iterrows():
+        assert steps(row.run_id) == list(range(1, int(row["params.epochs"]) + 1))
+    assert sorted(p.stem for p in (tmp_path / "results").glob("*.json")) == sorted(expected)
+
+
+def test_mlflow_run_entry_point_exp1_3(mlflow_store, fake_cifar10, tmp_path):
+    """`mlflow run . -e exp1_3 --env-manager local` with the MLproject parameters."""
+    params = dict(epochs=1, bs_train=32, n_train=96, n_valid=32, data_dir=str(fake_cifar10), allow_small="true",
+                  device="cpu", out_dir=str(tmp_path / "results"), checkpoint_dir=str(tmp_path / "ckpt"))
+    cmd = [sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "-e", "exp1_3", "--env-manager", "local",
+           "--experiment-name", "cifar-e2e"]
+    for k, v in params.items():
+        cmd += ["-P", f"{k}={v}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(mlflow_store), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = mlflow.search_runs(experiment_names=["cifar-e2e"])
+    children = runs[runs["tags.archlab.role"] == "child"]
+    assert sorted(children["tags.mlflow.runName"]) == [f"exp1_3_L{L}_K64-128-256" for L in (1, 2, 3, 4)]
+    assert (tmp_path / "results" / "exp1_3_L1_K64-128-256.json").exists()
+    assert len(list((tmp_path / "ckpt").glob("exp1_3_L1_K64-128-256-*.pt.state"))) == 1
+
+
+KILL_SCRIPT = """
+import sys, mlflow
+sys.path.insert(0, {root!r})
+mlflow.set_tracking_uri({uri!r})
+from training.grids import run_grid
+run_grid({config!r}, {overrides!r})
+"""
+
+
+def test_sigkill_mid_grid_then_rerun_finishes_each_configuration_once(mlflow_store, tmp_path):
+    root = write_fake_cifar10(tmp_path / "data", n_train_per_batch=200, n_test=100)
+    config = tmp_path / "kill_grid.yaml"
+    config.write_text(yaml.safe_dump(dict(base="cifar_plain", run_name="exp1_1", model_type="cnn",
+                                          grid=[dict(K=[16], L=[1, 2, 3])], early_stopping=None)))
+    epochs = 4
+    overrides = dict(epochs=epochs, bs_train=32, options=dict(n_train=800, n_valid=100, allow_small=True,
+                                                              log_model=False, data_dir=str(root)))
+    script = KILL_SCRIPT.format(root=str(PROJECT_ROOT), uri=mlflow_store, config=str(config), overrides=overrides)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=subprocess_env(mlflow_store),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    killed_in = None
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            runs = tracking.find_runs("attributes.run_name = 'exp1_1_L2_K16'")
+            if len(runs) and 1 <= len(steps(runs.run_id.iloc[0])) < epochs:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed_in = runs.run_id.iloc[0]
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert killed_in is not None, "the grid finished before it could be killed mid-configuration"
+    assert mlflow.get_run(killed_in).info.status == "RUNNING"  # a SIGKILL leaves no chance to end the run
+
+    rerun = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=subprocess_env(mlflow_store),
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Skipping exp1_1_L1_K16: already finished" in rerun.stdout
+    assert f"Resuming MLflow run {killed_in}" in rerun.stdout
+    runs = tracking.find_runs(f"tags.grid = '{config}' and tags.`archlab.role` = 'child'")
+    assert sorted(runs["tags.mlflow.runName"]) == ["exp1_1_L1_K16", "exp1_1_L2_K16", "exp1_1_L3_K16"]  # once each
+    assert runs["status"].eq("FINISHED").all()
+    for run_id in runs.run_id:
+        for key in ("train_loss", "valid_acc", "lr", "epoch_time_s"):
+            assert steps(run_id, key) == list(range(1, epochs + 1)), (run_id, key)  # contiguous, no duplicates
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-K", "32", "-L", "16", "-P", "1", "-H", "10"], "smallest valid pool_every for these channels is 3"),
+    (["-K", "32", "-L", "2", "-P", "1", "-H", "10", "-M", "vgg"], "invalid choice: 'vgg'"),
+    (["-K", "-L", "2", "-P", "1", "-H", "10"], "expected at least one argument"),
+    (["-K", "32", "-L", "2", "-P", "1", "-H", "10", "--lr", "-0.1"], "lr must be > 0, got -0.1"),
+    (["-K", "32", "-L", "2", "-P", "1", "-H", "10", "--lr", "abc"], "invalid float value: 'abc'"),
+    (["-K", "0", "-L", "2", "-P", "1", "-H", "10"], "filters_per_layer (K) must be a non-empty list of positive ints"),
+    (["-K", "32", "-L", "0", "-P", "1", "-H", "10"], "layers_per_block must be an integer >= 1, got 0"),
+    (["-K", "32", "-L", "2", "-P", "1", "-H", "10", "--n-train", "100"], "too few training images per epoch"),
+    (["-K", "32", "-L", "2", "-P", "1", "-H", "10", "--batches", "100"], "12800 training images per epoch"),
+    (["-K", "32", "-L", "2", "-P", "1", "-H", "10", "--data-dir", "/nonexistent/cifar"], "/nonexistent/cifar"),
+])
+def test_run_exp_bad_input_is_clear_and_logs_nothing(mlflow_store, fake_cifar10, tmp_path, args, message):
+    if "--data-dir" not in args:
+        args = args + ["--data-dir", str(fake_cifar10)]
+    result = CliRunner().invoke(cli, ["run-exp", "-n", "bad"] + args)
+    text = result.output + (str(result.exception) if result.exception else "")
+    assert result.exit_code != 0 and message in text, text
+    assert len(tracking.find_runs("")) == 0 and not (tmp_path / "results").exists()
+
+
+def test_corrupt_batch_file_is_a_clear_error_before_training(mlflow_store, tmp_path):
+    root = write_fake_cifar10(tmp_path / "data", n_train_per_batch=50, n_test=50)
+    (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"\x80\x02garbage")
+    result = CliRunner().invoke(cli, ["run-exp", "-n", "exp1_1", "-K", "8", "-L", "1", "-P", "1", "-H", "8",
+                                      "--data-dir", str(root), "--allow-small", "--n-train", "100"])
+    assert result.exit_code != 0 and "data_batch_3" in result.output, result.output
+    assert len(tracking.find_runs("")) == 0
+
+
+def test_run_exp_cli_programme_options(mlflow_store, fake_cifar10, tmp_path):
+    result = CliRunner().invoke(cli, ["run-exp", "-n", "exp1_2", "-K", "8", "16", "-L", "1", "-P", "1", "-H", "16",
+                                      "--epochs", "1", "--batches", "2", "--bs-train", "16", "--seed", "3",
+                                      "--out-dir", str(tmp_path / "out"), "--data-dir", str(fake_cifar10),
+                                      "--allow-small", "--n-train", "64", "--n-valid", "32"])
+    assert result.exit_code == 0, result.output
+    assert "*** Output file" in result.output and (tmp_path / "out" / "exp1_2_L1_K8-16.json").exists()
+    help_text = CliRunner().invoke(cli, ["run-exp", "--help"]).output
+    for opt in ("--run-name", "-K", "-L", "-P", "-H", "-M", "--lr", "--reg", "--early-stopping", "--bs-test"):
+        assert opt in help_text
