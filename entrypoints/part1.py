@@ -31,54 +31,54 @@ def cli():
     """archlab Part 1: MLPs on the synthetic non-iid 2D data, tracked in MLflow."""
 
 
-@cli.command()
-@click.option("--config", default="part1", show_default=True, help=CONFIG_HELP)
-@click.option("--epochs", type=int, default=None, callback=epochs_override, help="Override the grid's epochs per cell.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
-@tracking_options
-def main(config, epochs, device, tracking_uri, experiment):
+def part1_command(name: str, epochs_help: str):
+    """A Part 1 command: --config, --epochs, --device and the tracking options, then set-up
+    (config checked, device resolved, store reached) before the body runs with (cfg, epochs, device)."""
+
+    def wrap(body):
+        @cli.command(name, help=body.__doc__)
+        @click.option("--config", default="part1", show_default=True, help=CONFIG_HELP)
+        @click.option("--epochs", type=int, default=None, callback=epochs_override, help=epochs_help)
+        @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+        @tracking_options
+        def command(config, epochs, device, tracking_uri, experiment):
+            cfg, device = _load(config), resolve_device(device)
+            uri = start(tracking_uri, experiment)
+            body(cfg, epochs, device)
+            print_where(uri)
+
+        return command
+
+    return wrap
+
+
+@part1_command("main", "Override the grid's epochs per cell.")
+def main(cfg, epochs, device):
     """The whole Part 1: first classifier, then the depth x width grid."""
     from training import tracking
     from training.part1 import run_first_classifier, run_mlp_grid
 
-    cfg, device = _load(config), resolve_device(device)
-    uri = start(tracking_uri, experiment)
     t0 = time.perf_counter()
     with tracking.open_run("part1", tags={tracking.GRID_TAG: "part1", tracking.ROLE_TAG: "parent"}):
         run_first_classifier(cfg, device=device)
         run_mlp_grid(cfg, device=device, epochs=epochs)
     click.echo(f"Part 1 done in {time.perf_counter() - t0:.0f} s on {device}.")
-    print_where(uri)
 
 
-@cli.command("first-classifier")
-@click.option("--config", default="part1", show_default=True, help=CONFIG_HELP)
-@click.option("--epochs", type=int, default=None, callback=epochs_override, help="Override the epochs (20).")
-@click.option("--device", default="auto", show_default=True)
-@tracking_options
-def first_classifier(config, epochs, device, tracking_uri, experiment):
+@part1_command("first-classifier", "Override the epochs (20).")
+def first_classifier(cfg, epochs, device):
     """Only the first binary classifier (training demo, ROC threshold)."""
     from training.part1 import run_first_classifier
 
-    cfg, device = _load(config), resolve_device(device)
-    uri = start(tracking_uri, experiment)
     run_first_classifier(cfg, device=device, epochs=epochs)
-    print_where(uri)
 
 
-@cli.command("mlp-grid")
-@click.option("--config", default="part1", show_default=True, help=CONFIG_HELP)
-@click.option("--epochs", type=int, default=None, callback=epochs_override, help="Override the epochs per cell (10).")
-@click.option("--device", default="auto", show_default=True)
-@tracking_options
-def mlp_grid(config, epochs, device, tracking_uri, experiment):
+@part1_command("mlp-grid", "Override the epochs per cell (10).")
+def mlp_grid(cfg, epochs, device):
     """Only the depth x width grid (one parent run, a child per cell)."""
     from training.part1 import run_mlp_grid
 
-    cfg, device = _load(config), resolve_device(device)
-    uri = start(tracking_uri, experiment)
     run_mlp_grid(cfg, device=device, epochs=epochs)
-    print_where(uri)
 
 
 if __name__ == "__main__":
