@@ -30,6 +30,13 @@ def auto_is_none(ctx, param, value):
     return None if value in (None, "", "auto") else value
 
 
+def device_list(ctx, param, value):
+    """'cuda:0,cuda:1' -> ['cuda:0', 'cuda:1'], each checked like --device; '' or 'auto' -> None."""
+    if value in (None, "", "auto"):
+        return None
+    return [resolve_device(d.strip()) for d in value.split(",") if d.strip()] or None
+
+
 @click.group()
 def cli():
     """archlab Part 3: CIFAR-10 architecture experiments, tracked in MLflow."""
@@ -54,20 +61,27 @@ def cli():
                    "interrupted ones resume.")
 @click.option("--allow-small", type=click.BOOL, default=False, show_default=True,
               help="true: allow fewer than the programme's 30000 train / 5000 validation images (smoke runs).")
+@click.option("--workers", type=int, default=None, callback=zero_is_none,
+              help="Worker processes training configurations in parallel (default: one per --devices entry, "
+                   "else 1). On a local SQLite store a private MLflow server takes the writes.")
+@click.option("--devices", default=None, callback=device_list,
+              help="Comma-separated devices handed to the workers round-robin, e.g. cuda:0,cuda:1 "
+                   "(overrides --device).")
 @tracking_options
 def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, download, device, out_dir, checkpoint_dir,
-         restart, allow_small, tracking_uri, experiment):
+         restart, allow_small, workers, devices, tracking_uri, experiment):
     """Run (or continue) experiment grid NAME: a parent run with one child run per configuration."""
     from training.grids import run_grid
 
     device = resolve_device(device)
+    workers = workers or len(devices or []) or 1
     options = dict(n_train=n_train, n_valid=n_valid, data_dir=data_dir, download=download or None,
                    restart=restart or None, allow_small=allow_small or None, checkpoint_dir=checkpoint_dir)
     overrides = dict(epochs=epochs, batches=batches, bs_train=bs_train, device=device, out_dir=out_dir,
                      options={k: v for k, v in options.items() if v is not None})
     uri = start(tracking_uri, experiment)
     try:
-        run_grid(name, overrides)
+        run_grid(name, overrides, workers=workers, devices=devices)
     except (ValueError, FileNotFoundError) as e:
         raise click.UsageError(str(e)) from None
     print_where(uri)

@@ -7,8 +7,9 @@ configuration a child (skipping finished ones, resuming interrupted ones).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from training.config import load_config
 
@@ -97,9 +98,28 @@ def check_grid(runs: List[Dict[str, Any]]) -> None:
         torch.set_rng_state(rng)
 
 
-def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """Run (or continue) grid `name` as one parent run with a child per configuration."""
+@contextlib.contextmanager
+def grid_parent_run(name: str, cfg: Mapping[str, Any], runs: List[Dict[str, Any]]) -> Iterator[Any]:
+    """The grid's parent run (opened or continued), with its params logged; children nest under it."""
     from training import tracking
+
+    with tracking.open_run(name, tags={tracking.GRID_TAG: name, tracking.ROLE_TAG: "parent"}) as run:
+        tracking.log_params({"grid": cfg["grid"], "model_type": cfg["model_type"], "run_name": cfg["run_name"],
+                             "n_configurations": len(runs)})
+        yield run
+
+
+def print_summary(name: str, outcome: Mapping[str, List[str]]) -> None:
+    print(f"*** Grid {name}: {len(outcome['written'])} trained, {len(outcome['skipped'])} already done, "
+          f"{len(outcome['diverged'])} diverged")
+
+
+def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, workers: int = 1,
+             devices: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Run (or continue) grid `name` as one parent run with a child per configuration.
+
+    workers > 1 (or a devices list): the configurations train in parallel worker processes
+    (training.parallel); otherwise one after the other in this process."""
     from training.cnn_experiment import cnn_experiment
     from training.experiments import experiment_name_of
     from training.trainer import NonFiniteLossError
@@ -107,10 +127,12 @@ def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None) -> Dict[s
     cfg = load_grid_config(name)
     runs = expand_grid(cfg, overrides)
     check_grid(runs)
+    if workers > 1 or devices:
+        from training.parallel import run_grid_parallel
+
+        return run_grid_parallel(name, cfg, runs, workers=workers, devices=devices)
     outcome = {"written": [], "skipped": [], "diverged": []}
-    with tracking.open_run(name, tags={tracking.GRID_TAG: name, tracking.ROLE_TAG: "parent"}):
-        tracking.log_params({"grid": cfg["grid"], "model_type": cfg["model_type"], "run_name": cfg["run_name"],
-                             "n_configurations": len(runs)})
+    with grid_parent_run(name, cfg, runs):
         for kwargs in runs:
             label = experiment_name_of(kwargs)
             try:
@@ -120,6 +142,5 @@ def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None) -> Dict[s
                 outcome["diverged"].append(label)
                 continue
             outcome["written" if path else "skipped"].append(label)
-    print(f"*** Grid {name}: {len(outcome['written'])} trained, {len(outcome['skipped'])} already done, "
-          f"{len(outcome['diverged'])} diverged")
+    print_summary(name, outcome)
     return outcome

@@ -1,0 +1,214 @@
+"""Train a grid's configurations in N worker processes, all children of the grid's one parent run.
+
+Design (why it looks like this):
+- **One owner per configuration.** The driver submits each configuration exactly once to a
+  `ProcessPoolExecutor` ("spawn": CUDA and MLflow's clients are not fork-safe); a worker takes it
+  whole, so no two processes ever train, resume or skip-check the same configuration in one grid.
+  A lock file per configuration in the checkpoint folder also stops a second grid command started
+  on the same configurations at the same time (it reports them as "busy" instead of resuming a
+  run that is alive). Dynamic dispatch, not a fixed split: deep and shallow configurations differ
+  several-fold in cost.
+- **One device per worker.** `--devices cuda:0,cuda:1` hands worker i the device i mod len(devices)
+  for its whole life (set in the pool initializer), so configurations never share a GPU by accident.
+- **The parent run belongs to the driver.** A worker makes the parent the active run *in a fresh
+  thread* (MLflow's active-run stack is thread-local) and lets cnn_experiment nest its child under
+  it; the thread ends without `end_run`, so only the driver ever changes the parent's status.
+- **One writer for local stores.** SQLite (and the file store) take one writer process; N workers
+  writing one file fail with "database is locked". For such a store the driver starts a private
+  `mlflow server` on 127.0.0.1 backed by that same file (artifacts in the same ./mlruns folder a
+  direct run would use), points itself and the workers at it, and stops it afterwards. A server
+  URI or a database server (PostgreSQL, MySQL) is used as it is.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import tempfile
+import threading
+import traceback
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+_WORKER: Dict[str, Any] = {}  # per worker process: device, set once by _init_worker
+
+
+def plan_devices(workers: int, devices: Optional[Sequence[str]]) -> List[Optional[str]]:
+    """Device of each worker slot: devices round-robin (None: the configuration's own setting)."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    devices = [d for d in (devices or []) if d]
+    return [devices[i % len(devices)] if devices else None for i in range(workers)]
+
+
+def threads_per_worker(workers: int) -> int:
+    """Split the CPU cores between the workers (oversubscribed torch threads slow everyone down)."""
+    return max(1, len(os.sched_getaffinity(0)) // workers)
+
+
+def local_artifact_root(store_uri: str) -> str:
+    """Where a direct (serverless) run on this store keeps artifacts, so the private server
+    puts them in the same place and the grid looks the same with 1 worker or N."""
+    if store_uri.startswith("file:"):
+        from urllib.parse import urlparse
+
+        return urlparse(store_uri).path
+    if "://" not in store_uri:
+        return os.path.abspath(store_uri)
+    return os.path.abspath("mlruns")
+
+
+@contextlib.contextmanager
+def shared_tracking_store(workers: int) -> Iterator[str]:
+    """The tracking URI that `workers` processes can all write to (see the module notes)."""
+    import mlflow
+
+    from training.server import is_local_store, start_server
+
+    uri = mlflow.get_tracking_uri()
+    if workers < 2 or not is_local_store(uri):
+        yield uri
+        return
+    state = tempfile.mkdtemp(prefix="archlab-grid-server-")
+    print(f"*** {workers} workers on the local store {uri}: starting a private MLflow server over it "
+          f"(SQLite takes one writer process) ...")
+    with start_server(uri, default_artifact_root=local_artifact_root(uri), state_dir=state) as server:
+        print(f"*** Private MLflow server at {server.uri} (log {server.log_path})")
+        previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(server.uri)
+        os.environ["MLFLOW_TRACKING_URI"] = server.uri
+        try:
+            yield server.uri
+        finally:
+            mlflow.set_tracking_uri(uri)
+            if previous_env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous_env
+    print(f"*** Private MLflow server stopped; the runs are in {uri}")
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def _init_worker(tracking_uri: str, device_slots, n_threads: int) -> None:
+    """Pool initializer: the worker's store, CPU threads and (for its whole life) its device."""
+    import mlflow
+    import torch
+
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):  # the driver owns the project's run
+        os.environ.pop(var, None)
+    mlflow.set_tracking_uri(tracking_uri)
+    torch.set_num_threads(n_threads)
+    _WORKER["device"] = device_slots.get()
+
+
+@contextlib.contextmanager
+def _config_lock(checkpoint_dir: str, label: str) -> Iterator[bool]:
+    """An exclusive, non-blocking lock on one configuration; yields False when another process holds it."""
+    folder = Path(checkpoint_dir) / ".locks"  # left in place: unlinking a flock file races its next user
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{label}.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def train_configuration(grid: str, parent_run_id: str, experiment_id: str, kwargs: Dict[str, Any]) -> Tuple[str, str]:
+    """Worker task: train one configuration as a child of `parent_run_id`.
+    Returns (label, "written" | "skipped" | "diverged" | "busy")."""
+    from training.experiments import experiment_name_of
+
+    kwargs = dict(kwargs)
+    if _WORKER.get("device"):
+        kwargs["device"] = _WORKER["device"]
+    label = experiment_name_of(kwargs)
+    result: Dict[str, Any] = {}
+
+    def body() -> None:
+        import mlflow
+
+        from training.cnn_experiment import cnn_experiment
+        from training.trainer import NonFiniteLossError
+
+        try:
+            with _config_lock(kwargs.get("checkpoint_dir", "checkpoints"), label) as mine:
+                if not mine:
+                    print(f"*** {label}: another process is training it right now; leaving it to that one")
+                    result["status"] = "busy"
+                    return
+                mlflow.set_experiment(experiment_id=experiment_id)
+                mlflow.start_run(run_id=parent_run_id)  # this thread's active run; never ended here
+                path = cnn_experiment(grid=grid, **kwargs)
+                result["status"] = "written" if path else "skipped"
+        except NonFiniteLossError as e:
+            print(f"*** {label} diverged ({e}); the run is FAILED with the reason as a tag. Continuing.")
+            result["status"] = "diverged"
+        except BaseException as e:  # noqa: BLE001  (re-raised in the worker's main thread)
+            result["error"] = e
+            result["traceback"] = traceback.format_exc()
+
+    thread = threading.Thread(target=body, name=f"train-{label}", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        e = result["error"]
+        if isinstance(e, (ValueError, FileNotFoundError)):  # bad input: the CLI turns these into usage errors
+            raise (FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError)(f"{label}: {e}")
+        raise RuntimeError(f"{label} failed in a worker: {type(e).__name__}: {e}\n{result['traceback']}")
+    return label, result["status"]
+
+
+def run_grid_parallel(name: str, cfg: Mapping[str, Any], runs: List[Dict[str, Any]], workers: int = 2,
+                      devices: Optional[Sequence[str]] = None) -> Dict[str, List[str]]:
+    """Run the (already validated) configurations `runs` of grid `name` in `workers` processes.
+
+    On the first failure the configurations not yet started are cancelled, the running ones
+    finish, and the error is raised (the parent run ends FAILED; a rerun resumes the rest)."""
+    import multiprocessing
+
+    from training.experiments import experiment_name_of
+    from training.grids import grid_parent_run, print_summary
+
+    labels = [experiment_name_of(kw) for kw in runs]
+    duplicates = sorted({lb for lb in labels if labels.count(lb) > 1})
+    if duplicates:
+        raise ValueError(f"grid {name!r} lists configurations {duplicates} more than once")
+    workers = max(1, min(workers, len(runs)))
+    slots = plan_devices(workers, devices)
+    outcome: Dict[str, List[str]] = {"written": [], "skipped": [], "diverged": [], "busy": []}
+    with shared_tracking_store(workers) as uri, grid_parent_run(name, cfg, runs) as parent:
+        ctx = multiprocessing.get_context("spawn")
+        device_slots = ctx.Queue()
+        for slot in slots:
+            device_slots.put(slot)
+        on = f" on {', '.join(str(s) for s in slots)}" if any(slots) else ""
+        print(f"*** Grid {name}: {len(runs)} configurations in {workers} worker processes{on}")
+        executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                       initargs=(uri, device_slots, threads_per_worker(workers)))
+        try:
+            futures = [executor.submit(train_configuration, name, parent.info.run_id, parent.info.experiment_id, kw)
+                       for kw in runs]
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+            if failed:
+                for f in pending:
+                    f.cancel()
+                wait(futures)  # let the configurations already training finish cleanly
+                raise failed[0].exception()
+            for f in futures:
+                label, status = f.result()
+                outcome[status].append(label)
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+    print_summary(name, outcome)
+    if outcome["busy"]:
+        print(f"*** {len(outcome['busy'])} configurations were being trained by another process: {outcome['busy']}")
+    return outcome
