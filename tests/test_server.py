@@ -75,6 +75,7 @@ def test_helpers_plan_devices_and_server_command():
     assert cmd[cmd.index("--app-name") + 1] == "basic-auth"
     assert is_local_store("sqlite:///mlflow.db") and is_local_store("file:///m") and is_local_store("./mlruns")
     assert not is_local_store("http://127.0.0.1:5000") and not is_local_store("postgresql://u@h/db")
+    assert not is_local_store("databricks") and not is_local_store("databricks://profile")
 
 
 def test_unreachable_server_is_a_connection_error_before_any_training(mlflow_store, fake_cifar10, tmp_path):

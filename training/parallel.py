@@ -157,7 +157,15 @@ def train_configuration(grid: str, parent_run_id: str, experiment_id: str, kwarg
 
     thread = threading.Thread(target=body, name=f"train-{label}", daemon=True)
     thread.start()
-    thread.join()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the workers too. Leave at once, like a kill: the child run stays RUNNING with
+        # its training state and resumes on the next grid command; the pool must not hand this
+        # process another configuration while the interrupted one is still running in its thread.
+        print(f"*** {label}: interrupted; it resumes from its last epoch on the next grid command", flush=True)
+        os._exit(130)
     if "error" in result:
         e = result["error"]
         if isinstance(e, (ValueError, FileNotFoundError)):  # bad input: the CLI turns these into usage errors

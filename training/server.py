@@ -52,8 +52,10 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def is_local_store(uri: str) -> bool:
-    """Stores that live in local files (SQLite, the file store): one writer process at a time."""
-    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    """Stores that live in local files (SQLite, the file store, a bare path): one writer process at a time."""
+    if uri.startswith(("sqlite:", "file:")):
+        return True
+    return "://" not in uri and not uri.startswith(("databricks", "uc:"))  # profiles, not paths
 
 
 def client_uri(host: str, port: int) -> str:
