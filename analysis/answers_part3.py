@@ -1,0 +1,251 @@
+"""Part 3 answers (Q1-Q5): the CIFAR-10 experiments 1.1-1.4 and 2."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from analysis.answers_common import (RECIPE_KEYS, best_row, cifar_table, figs, acc_pairs, recipe_caveat,
+                                     recipe_differences, recipe_line, untrainable_text)
+from analysis.data import ReportData, not_trainable
+from analysis.text import bullet, count, missing_note, num, pct, points, recipe, trend
+
+def _cifar_section(data: ReportData, grid: str, out_dir: Path) -> List[str]:
+    df = data.grids[grid]
+    if not len(df):
+        return []
+    parts = [f"Runs of `{grid}` (test accuracy is measured once, with the checkpoint of the best validation epoch). "
+             f"Recipe shared by its runs: {recipe_line(df)}.", cifar_table(data, grid),
+             figs(data, grid, out_dir, grid)]
+    return parts
+
+
+def _depth_explanation(best_label: str, best_L: int, Ls: Sequence[int]) -> str:
+    if best_L == min(Ls):
+        return (f"The shallowest setting is the best here. With this plain recipe (no normalization, no skips, a "
+                f"fixed budget of epochs) every extra layer makes the network harder to optimise: gradients "
+                f"reaching the first layers shrink or explode through the product of many layer Jacobians, and "
+                f"deeper plain nets converge more slowly, so with early stopping they end lower (the degradation "
+                f"problem that motivated ResNets). The added capacity of depth cannot be used if it is not trained.")
+    if best_L == max(Ls):
+        return ("The deepest setting is the best: more layers give a larger receptive field and more levels of "
+                "feature composition, and at these depths the optimisation still works.")
+    return (f"An intermediate depth wins ({best_label}): some depth helps (larger receptive field, more levels of "
+            f"feature composition), but beyond it the plain network becomes harder to optimise (vanishing gradients "
+            f"through many un-normalised layers), and the gains of capacity are lost to worse training.")
+
+
+def part3_q1(data: ReportData, out_dir: Path) -> str:
+    head = "### Question 1 (experiment 1.1: depth L)"
+    df = data.finished("exp1_1")
+    if not len(df):
+        return head + "\n\n" + missing_note("exp1_1", data.experiment)
+    lines = [f"K={k}: test accuracy {trend(acc_pairs(df[df['K'] == k], 'L'), 'L')}" for k in dict.fromkeys(df["K"])]
+    best = best_row(df)
+    bad, criterion = untrainable_text(data.grids["exp1_1"])
+    if bad:
+        depths = sorted(set(int(n) for n in not_trainable(data.grids["exp1_1"])["n_convs"].dropna()))
+        train = (f"**2. Not trainable:** {', '.join(bad)} {criterion}. The cause is depth without normalization or "
+                 f"shortcuts: the signal and the gradient pass through {' or '.join(map(str, depths))} "
+                 f"stacked conv+ReLU layers, and the product of their Jacobians vanishes (or explodes), so the early "
+                 f"layers get no useful gradient and the network stays near chance; ReLUs that die at init make it "
+                 f"worse. Two remedies: (1) **batch normalization** after each conv, which keeps the activations' "
+                 f"scale at every depth and the gradients well conditioned; (2) **skip (residual) connections**, which "
+                 f"give the gradient an identity path around every block (experiment 1.4). A careful initialisation "
+                 f"(He init, or zero-initialised residual branches) and a lower learning rate with warm-up also help.")
+        shallow = [lab for lab, L in zip(not_trainable(data.grids["exp1_1"])["label"],
+                                         not_trainable(data.grids["exp1_1"])["L"]) if L == df["L"].min()]
+        if shallow:
+            train += (f" Note that even the shallowest setting failed for {', '.join(shallow)}: in these runs depth is "
+                      f"not the only cause; the training budget or the recipe (too few epochs or images, the "
+                      f"learning rate) is part of it.")
+    else:
+        low = df.loc[df["best_valid_acc"].idxmin()]
+        train = (f"**2. Not trainable:** none of the depths failed to train {criterion}; the weakest run, "
+                 f"{low['label']}, still reached {pct(low['best_valid_acc'])} on validation. Deep plain nets are the "
+                 f"ones at risk: without normalization or shortcuts the gradient through many stacked conv+ReLU "
+                 f"layers vanishes. The two standard remedies are batch normalization and skip (residual) "
+                 f"connections (experiment 1.4).")
+    return "\n\n".join([head, *_cifar_section(data, "exp1_1", out_dir),
+                        f"**1. Effect of depth.**\n\n{bullet(lines)}\n\nThe best configuration is {best['label']} "
+                        f"with {pct(best['test_acc'])} test accuracy. "
+                        + _depth_explanation(best["label"], int(best["L"]), sorted(set(df["L"]))), train])
+
+
+def part3_q2(data: ReportData, out_dir: Path) -> str:
+    head = "### Question 2 (experiment 1.2: width K)"
+    df = data.finished("exp1_2")
+    if not len(df):
+        return head + "\n\n" + missing_note("exp1_2", data.experiment)
+    df = df.assign(K_int=df["K"].map(lambda k: int(k) if str(k).isdigit() else np.nan))
+    lines = [f"L={L}: test accuracy {trend(acc_pairs(df[df['L'] == L], 'K_int'), 'K')}" for L in sorted(set(df["L"]))]
+    best = best_row(df)
+    spread_k = df.groupby("L")["test_acc"].agg(lambda s: s.max() - s.min())
+    text = [f"**Effect of width.**\n\n{bullet(lines)}\n\nThe best configuration is {best['label']} "
+            f"({pct(best['test_acc'])}). Across K at fixed L the test accuracy spans "
+            + ", ".join(f"{spread_k[L]:.1f} points at L={L}" for L in spread_k.index) + ". "
+            + ("More filters help: each layer can detect more patterns, and wider layers are also easier to optimise "
+               "(more paths for the gradient), at a cost in parameters and compute that grows like K²; beyond some "
+               "width the gain shrinks and over-fitting of the training set starts to show."
+               if _widest_not_worse(df) else
+               "Width does not help uniformly here: at some depths a wider layer scored lower, which with a single "
+               "seed per configuration is within the noise or a sign that the wider models over-fit the training set "
+               "within the epoch budget.")]
+    d11 = data.finished("exp1_1")
+    if len(d11):
+        spread_l = d11.groupby("K")["test_acc"].agg(lambda s: s.max() - s.min())
+        text.append("**Compared with experiment 1.1.** In 1.1 (depth varies at fixed K) the test accuracy spans "
+                    + ", ".join(f"{spread_l[k]:.1f} points at K={k}" for k in spread_l.index)
+                    + (": depth moved the results more than width did. " if spread_l.mean() > spread_k.mean() else
+                       ": width moved the results at least as much as depth did. ")
+                    + "Depth is the riskier knob (plain deep nets become untrainable) while width is the safer one "
+                      "(it costs compute but does not hurt optimisation).")
+        shared = df.merge(d11, on="label", suffixes=("_12", "_11"))
+        if len(shared):
+            diffs = (shared["test_acc_12"] - shared["test_acc_11"]).abs()
+            differ = recipe_differences(shared, "_12", "_11")
+            same = ("with the same recipe" if not differ else
+                    f"but with different settings ({', '.join(differ)})")
+            text.append(f"{len(shared)} configurations appear in both experiments {same} "
+                        f"({', '.join(shared['label'])}); their test accuracies differ by {diffs.mean():.1f} points on "
+                        f"average (at most {diffs.max():.1f}). "
+                        + ("That is the run-to-run noise of a single training, a yardstick for which of the "
+                           "differences above are real." if not differ else
+                           "Because the settings differ, this is not a measure of run-to-run noise."))
+    else:
+        text.append("**Compared with experiment 1.1:** " + missing_note("exp1_1", data.experiment))
+    bad, criterion = untrainable_text(data.grids["exp1_2"])
+    text.append(f"Not trainable in 1.2 {criterion}: {', '.join(bad) if bad else 'none'}.")
+    return "\n\n".join([head, *_cifar_section(data, "exp1_2", out_dir), *text])
+
+
+def _widest_not_worse(df: pd.DataFrame) -> bool:
+    """At every depth, the widest K scored at least as well as the narrowest."""
+    for _, g in df.dropna(subset=["K_int", "test_acc"]).groupby("L"):
+        if g.loc[g["K_int"].idxmax(), "test_acc"] < g.loc[g["K_int"].idxmin(), "test_acc"]:
+            return False
+    return True
+
+
+def _best_of(data: ReportData, grids: Sequence[str]) -> Optional[Tuple[str, pd.Series]]:
+    found = [(g, best_row(data.finished(g))) for g in grids]
+    found = [(g, b) for g, b in found if b is not None]
+    return max(found, key=lambda gb: gb[1]["test_acc"]) if found else None
+
+
+def part3_q3(data: ReportData, out_dir: Path) -> str:
+    head = "### Question 3 (experiment 1.3: K=[64, 128, 256], L=1..4)"
+    df = data.finished("exp1_3")
+    if not len(df):
+        return head + "\n\n" + missing_note("exp1_3", data.experiment)
+    best = best_row(df)
+    bad, criterion = untrainable_text(data.grids["exp1_3"])
+    pairs = acc_pairs(df, "L")
+    text = [f"Test accuracy {trend(pairs, 'L')}. With three filter sizes each L means 3L conv layers "
+            f"({', '.join(f'L={L}: {n} convs' for L, n in zip(df['L'], df['n_convs']))}), and the growing widths "
+            f"follow the usual pattern of more channels as the maps shrink. The best is {best['label']} with "
+            f"{pct(best['test_acc'])} ({count(best['n_params'])} parameters). "
+            + _depth_explanation(best["label"], int(best["L"]), sorted(set(df["L"]))),
+            f"Not trainable {criterion}: {', '.join(bad) if bad else 'none'}"
+            + (" — the deepest plain stacks fail for the same reason as in 1.1." if bad else ".")]
+    prev = _best_of(data, ("exp1_1", "exp1_2"))
+    if prev:
+        g, b = prev
+        text.append(f"Compared with the single-width nets of 1.1/1.2, whose best is {b['label']} in {g} "
+                    f"({pct(b['test_acc'])}), the best growing-width net is "
+                    f"{points(best['test_acc'] - b['test_acc'])}: "
+                    + ("better; spending few channels at high resolution and many at low resolution is the more "
+                       "efficient use of capacity." if best["test_acc"] - b["test_acc"] >= 0.5 else
+                       "on par (within half a point)." if abs(best["test_acc"] - b["test_acc"]) < 0.5 else
+                       "no better; with this plain recipe the extra width of the later layers does not pay off."))
+    return "\n\n".join([head, *_cifar_section(data, "exp1_3", out_dir), *text])
+
+
+def part3_q4(data: ReportData, out_dir: Path) -> str:
+    head = "### Question 4 (experiment 1.4: residual networks)"
+    df = data.finished("exp1_4")
+    if not len(df):
+        return head + "\n\n" + missing_note("exp1_4", data.experiment)
+    best = best_row(df)
+    bn = recipe(df, ["model_kwargs.batchnorm", "model_kwargs.dropout"])
+    lines = [f"K={k}: test accuracy {trend(acc_pairs(df[df['K'] == k], 'L'), 'L')}" for k in dict.fromkeys(df["K"])]
+    bad, criterion = untrainable_text(data.grids["exp1_4"])
+    text = [f"{bullet(lines)}\n\nThe best ResNet is {best['label']} with {pct(best['test_acc'])}; the deepest, "
+            f"{df.loc[df['n_convs'].idxmax(), 'label']} ({int(df['n_convs'].max())} convs), reached "
+            f"{pct(df.loc[df['n_convs'].idxmax(), 'test_acc'])}. Not trainable {criterion}: "
+            f"{', '.join(bad) if bad else 'none'}."]
+    plain = pd.concat([data.finished(g).assign(grid=g) for g in ("exp1_1", "exp1_3") if len(data.finished(g))]) \
+        if any(len(data.finished(g)) for g in ("exp1_1", "exp1_3")) else pd.DataFrame()
+    if len(plain):
+        m = df.merge(plain, on=["K", "L"], suffixes=("_res", "_plain"))
+        if len(m):
+            rows = [f"{r.label_res}: plain {r.grid} {pct(r.test_acc_plain)} → ResNet {pct(r.test_acc_res)} "
+                    f"({points(r.test_acc_res - r.test_acc_plain)})" for r in m.itertuples()]
+            gain = (m["test_acc_res"] - m["test_acc_plain"]).mean()
+            text.append("**Same K and L, plain vs residual** (1.1 / 1.3 vs 1.4):\n\n" + bullet(rows)
+                        + f"\n\nOn average the residual version is {points(gain)}. "
+                        + ("Skip connections make the deep configurations trainable: each block only has to learn a "
+                           "correction to the identity, and the gradient reaches the early layers through the "
+                           "shortcuts, so depth stops hurting. " if gain > 0 else
+                           "Here the residual versions did not beat the plain ones on average; at these depths the "
+                           "plain nets were still trainable, and the ResNet recipe's regularization costs accuracy "
+                           "within the epoch budget. ")
+                        + (f"Note that the 1.4 runs also use batch normalization (dropout "
+                           f"{bn.get('model_kwargs.dropout', 0)}) while 1.1/1.3 do not, so the comparison credits "
+                           f"skips and normalization together." if bn.get("model_kwargs.batchnorm") else "")
+                        + recipe_caveat(recipe_differences(m, "_res", "_plain")))
+        else:
+            text.append("No configuration of 1.4 has a plain counterpart with the same K and L among the finished "
+                        "runs of 1.1 and 1.3.")
+        deep_plain = plain["n_convs"].max()
+        text.append(f"The deepest plain net run has {int(deep_plain)} convs; ResNets were run up to "
+                    f"{int(df['n_convs'].max())} convs.")
+    else:
+        text.append("**Compared with 1.1 and 1.3:** " + missing_note("exp1_1", data.experiment) + " "
+                    + missing_note("exp1_3", data.experiment))
+    return "\n\n".join([head, *_cifar_section(data, "exp1_4", out_dir), *text])
+
+
+def part3_q5(data: ReportData, out_dir: Path) -> str:
+    head = "### Question 5 (experiment 2: YourCNN)"
+    df = data.grids["exp2"]
+    design = ("**1. Modifications (YourCNN, `models/cnn.py`).** After ResNet-9 (D. Page) and airbench (K. Jordan): "
+              "a full-resolution stem conv; one *stage* per K element, entered by conv → max-pool → BatchNorm → "
+              "activation (pooling before the BN normalises fewer positions), followed by residual pairs "
+              "conv-BN-act-conv-BN with identity shortcuts whose last BN weight starts at zero, so every block is "
+              "the identity at initialisation and any depth starts as a shallow, trainable net; each stage pools "
+              "once, so pool_every is not needed and depth never shrinks the maps; global max pooling and a single "
+              "linear layer instead of a large MLP head; logits scaled by 1/8; mirror test-time augmentation "
+              "(average of the image and its horizontal flip).")
+    if not len(data.finished("exp2")):
+        return "\n\n".join([head, design, missing_note("exp2", data.experiment)])
+    fin = data.finished("exp2")
+    shared = recipe(fin, RECIPE_KEYS)
+    training = ("The training recipe, read from the runs' params: " + ", ".join(f"`{k}={v}`" for k, v in shared.items())
+                + ". The data augmentation (random translation and horizontal flips), the SGD-Nesterov schedule with "
+                  "warm-up and decay, and label smoothing address the over-fitting and slow convergence seen in "
+                  "experiment 1.")
+    best = best_row(fin)
+    lines = [f"Test accuracy {trend(acc_pairs(fin, 'L'), 'L')}.",
+             f"The best is {best['label']} with {pct(best['test_acc'])} "
+             f"({count(best['n_params'])} parameters, {num(best.get('fit_wall_time_s'), 0)} s of training)."]
+    prev = _best_of(data, ("exp1_1", "exp1_2", "exp1_3", "exp1_4"))
+    if prev:
+        g, b = prev
+        d = best["test_acc"] - b["test_acc"]
+        lines.append(f"The best network of experiment 1 is {b['label']} in {g} with {pct(b['test_acc'])}: YourCNN is "
+                     f"{points(d)}, "
+                     + ("on par (within half a point)." if abs(d) < 0.5 else
+                        "better: the architecture and the recipe built for it overcome the limits of experiment 1."
+                        if d > 0 else "not better in these runs."))
+    else:
+        lines.append("Experiment 1 has not been run in this store, so there is no comparison: "
+                     + ", ".join(f"`{g}`" for g in ("exp1_1", "exp1_2", "exp1_3", "exp1_4")) + " are missing.")
+    bad, criterion = untrainable_text(df)
+    lines.append(f"Not trainable {criterion}: {', '.join(bad) if bad else 'none, at any depth'}"
+                 + ("; the zero-initialised residual stages keep the deep versions trainable, unlike the plain "
+                    "nets of experiment 1." if not bad else "."))
+    return "\n\n".join([head, design, training, "**Results of experiment 2.**", cifar_table(data, "exp2"),
+                        figs(data, "exp2", out_dir, "exp2"), "**2. Analysis.**\n\n" + bullet(lines)])

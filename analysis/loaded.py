@@ -1,0 +1,44 @@
+"""Reload Part 1's logged models as BinaryClassifiers, so figures are rebuilt from the runs."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from models.classifier import BinaryClassifier
+
+
+class ExportedScores(nn.Module):
+    """Holds a reloaded model whose forward gives raw class scores.
+
+    MLflow 3 logs PyTorch models as torch.export programs by default; they reload as a
+    GraphModule that refuses .train()/.eval() (it was exported in eval mode already). Keeping it
+    out of the module tree makes the eval() calls of the project's plotting code harmless.
+    """
+
+    def __init__(self, scores_model: nn.Module):
+        super().__init__()
+        self.__dict__["scores_model"] = scores_model  # not a submodule: eval() must not reach it
+
+    def train(self, mode: bool = True) -> "ExportedScores":
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scores_model(x)
+
+
+def load_binary_classifier(run_id: str, threshold: Optional[float] = None) -> BinaryClassifier:
+    """The model logged by run `run_id` (artifact `model`) as a BinaryClassifier on the CPU, with
+    `threshold` (e.g. the run's roc_threshold metric) when given."""
+    import mlflow.pytorch
+
+    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location="cpu")
+    if isinstance(model, BinaryClassifier):
+        clf = model
+    else:
+        clf = BinaryClassifier(ExportedScores(model))
+    if threshold is not None:
+        clf.threshold = float(threshold)
+    return clf

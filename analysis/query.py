@@ -1,0 +1,260 @@
+"""Query layer: the project's runs as tidy pandas DataFrames, through the MLflow client API only.
+
+Only `mlflow.search_runs` and `MlflowClient.get_metric_history` are used, so the same code
+reads the local sqlite store and a tracking server. It relies on the conventions of
+`training.tracking`: every grid is a parent run tagged `grid=<name>`, `archlab.role=parent`,
+and each configuration a child tagged `grid=<name>`, `archlab.role=child`,
+`archlab.config_hash=<hash>` (Part 1's first classifier: tag `grid=first_classifier`, no role).
+
+search_runs returns params as strings and metrics as their latest value: `grid_runs` casts
+the params back to ints, floats, bools and JSON lists, and `epoch_history` fetches the
+per-epoch curves (one get_metric_history call per run and key; the client has no bulk call).
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from training import tracking
+from training.grids import GRIDS as CIFAR_GRIDS
+
+PART1_GRIDS = ("first_classifier", "mlp_grid")
+ALL_GRIDS = PART1_GRIDS + tuple(CIFAR_GRIDS)
+BASE_COLUMNS = ["run_id", "run_name", "label", "status", "diverged", "n_attempts", "experiment_id", "parent_run_id",
+                "config_hash", "start_time", "end_time"]
+CIFAR_EPOCH_KEYS = ("train_loss", "train_acc", "valid_loss", "valid_acc")
+PART1_EPOCH_KEYS = ("train_loss", "train_acc", "valid_loss", "valid_acc_epoch")
+
+
+# ----------------------------------------------------------------------------- searching
+def experiment_ids(experiment: Optional[str] = None) -> Optional[List[str]]:
+    """None (search every experiment) or the id of the named one; an unknown name is an error
+    that lists the experiments the store does hold."""
+    if not experiment:
+        return None
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in mlflow.search_experiments())
+        raise ValueError(f"experiment {experiment!r} not found in {mlflow.get_tracking_uri()}; "
+                         f"experiments there: {names}")
+    return [exp.experiment_id]
+
+
+def search(filter_string: str = "", experiment: Optional[str] = None) -> pd.DataFrame:
+    """search_runs over one named experiment, or over all of them (runs started by `mlflow run`
+    may sit in "Default" rather than "archlab")."""
+    ids = experiment_ids(experiment)
+    kwargs = dict(filter_string=filter_string, output_format="pandas", max_results=50_000)
+    if ids:
+        return mlflow.search_runs(experiment_ids=ids, **kwargs)
+    return mlflow.search_runs(search_all_experiments=True, **kwargs)
+
+
+def _col(df: pd.DataFrame, name: str) -> pd.Series:
+    return df[name] if name in df.columns else pd.Series([None] * len(df), index=df.index, dtype=object)
+
+
+# ----------------------------------------------------------------------------- param casting
+def parse_param(text: Any) -> Any:
+    """One MLflow param string back to its Python value: '42' -> 42, '0.001' -> 0.001,
+    '[32, 64]' -> [32, 64], 'True' -> True, 'None' -> None; anything else stays a string."""
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return None
+    if not isinstance(text, str):
+        return text
+    if text in ("None", "null", ""):
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, (bool, int, float, list, dict)) else text
+
+
+def cast_column(values: pd.Series) -> pd.Series:
+    """A column of param strings with one proper dtype: int64 (Int64 when some are missing),
+    float64, bool (boolean), or object for lists and strings."""
+    parsed = pd.Series([parse_param(v) for v in values], index=values.index, dtype=object)
+    present = [v for v in parsed if v is not None]
+    if not present:
+        return parsed.astype(object)
+    if all(isinstance(v, bool) for v in present):
+        return parsed.astype("boolean" if len(present) < len(parsed) else bool)
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return parsed.astype("Int64" if len(present) < len(parsed) else "int64")
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return pd.to_numeric(parsed.map(lambda v: math.nan if v is None else v), errors="coerce").astype("float64")
+    return parsed.astype(object)
+
+
+# ----------------------------------------------------------------------------- grids
+def _label(row: pd.Series) -> str:
+    """Legend label: L2_K32 / L3_K32-64-128 for CIFAR, d1_w32 for the MLP grid."""
+    if isinstance(row.get("filters_per_layer"), list) and row.get("layers_per_block") is not None:
+        return f"L{row['layers_per_block']}_K{'-'.join(str(k) for k in row['filters_per_layer'])}"
+    if row.get("depth") is not None and row.get("width") is not None and not pd.isna(row.get("depth")):
+        return f"d{row['depth']}_w{row['width']}"
+    return str(row.get("run_name"))
+
+
+def empty_grid_frame() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in BASE_COLUMNS})
+
+
+def grid_runs(grid: str, experiment: Optional[str] = None, finished_only: bool = False) -> pd.DataFrame:
+    """One row per configuration of `grid` (its children; for first_classifier, its own run).
+
+    A configuration (one run name, e.g. exp1_1_L2_K32) may have several runs: a FAILED or
+    KILLED attempt and a FINISHED rerun, or runs of an older recipe (another config hash). The
+    row kept is the newest FINISHED one, else the newest of any status; `n_attempts` says how
+    many runs there were. Columns: the BASE_COLUMNS, then every param under its own name, cast
+    (see cast_column), then every metric's latest value (a metric that is also a param, like
+    n_params, keeps the typed param); CIFAR rows also get `K` (e.g. "64-128-256"), `L` and
+    `n_convs` (= L x len(K)).
+    """
+    runs = search(f"tags.{tracking.GRID_TAG} = '{grid}'", experiment)
+    if len(runs):
+        runs = runs[_col(runs, f"tags.{tracking.ROLE_TAG}") != "parent"]
+    if not len(runs):
+        return empty_grid_frame()
+    runs = runs.assign(_finished=runs["status"].eq("FINISHED"), run_name=_col(runs, "tags.mlflow.runName"))
+    runs = runs.sort_values(["_finished", "start_time"], ascending=[False, False])
+    attempts = runs.groupby("run_name")["run_id"].transform("count")
+    runs = runs.assign(n_attempts=attempts).drop_duplicates("run_name", keep="first")
+
+    out = pd.DataFrame({
+        "run_id": runs["run_id"].values,
+        "run_name": runs["run_name"].values,
+        "status": runs["status"].values,
+        "diverged": (_col(runs, f"tags.{tracking.DIVERGED_TAG}") == "true").values,
+        "n_attempts": runs["n_attempts"].astype("int64").values,
+        "experiment_id": runs["experiment_id"].values,
+        "parent_run_id": _col(runs, "tags.mlflow.parentRunId").values,
+        "config_hash": _col(runs, f"tags.{tracking.HASH_TAG}").values,
+        "start_time": runs["start_time"].values,
+        "end_time": runs["end_time"].values,
+    })
+    present = [c for c in runs.columns if runs[c].notna().any()]  # drop the parents' columns
+    for c in sorted(c for c in present if c.startswith("params.")):
+        name = c[len("params."):]
+        name = f"param_{name}" if name in out.columns else name  # e.g. CIFAR's run_name param ("exp1_1")
+        out[name] = cast_column(runs[c].reset_index(drop=True)).values
+    for c in sorted(c for c in present if c.startswith("metrics.")):
+        name = c[len("metrics."):]
+        if name not in out.columns:
+            out[name] = pd.to_numeric(runs[c], errors="coerce").astype("float64").values
+    if "filters_per_layer" in out.columns and "layers_per_block" in out.columns:
+        is_cnn = out["filters_per_layer"].map(lambda v: isinstance(v, list))
+        out["K"] = out["filters_per_layer"].map(lambda v: "-".join(str(k) for k in v) if isinstance(v, list) else None)
+        out["L"] = out["layers_per_block"]
+        out["n_convs"] = [int(L) * len(K) if ok else None
+                          for ok, L, K in zip(is_cnn, out["layers_per_block"], out["filters_per_layer"])]
+        out["n_convs"] = out["n_convs"].astype("Int64" if out["n_convs"].isna().any() else "int64")
+    out.insert(2, "label", out.apply(_label, axis=1) if len(out) else pd.Series(dtype=object))
+    if finished_only:
+        out = out[out["status"] == "FINISHED"]
+    order = {name: i for i, name in enumerate(_expected_or_empty(grid))}
+    out["_order"] = [order.get(n, len(order)) for n in out["run_name"]]
+    return out.sort_values(["_order", "run_name"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def _expected_or_empty(grid: str) -> List[str]:
+    try:
+        return expected_configurations(grid)
+    except (FileNotFoundError, KeyError, ValueError):
+        return []
+
+
+def parent_run_id(grid: str, experiment: Optional[str] = None) -> Optional[str]:
+    """The newest parent run of `grid` (where the report's figures are logged); for a grid
+    without parents (first_classifier) its newest run."""
+    runs = search(f"tags.{tracking.GRID_TAG} = '{grid}'", experiment)
+    if not len(runs):
+        return None
+    parents = runs[_col(runs, f"tags.{tracking.ROLE_TAG}") == "parent"]
+    pool = parents if len(parents) else runs
+    return str(pool.sort_values("start_time", ascending=False)["run_id"].iloc[0])
+
+
+# ----------------------------------------------------------------------------- curves
+def epoch_history(runs_df: pd.DataFrame, keys: Sequence[str] = CIFAR_EPOCH_KEYS) -> pd.DataFrame:
+    """Per-epoch curves of every run in `runs_df`: one row per run x epoch (step), one column
+    per key (NaN where a run lacks it). A step logged twice keeps its latest value."""
+    client = MlflowClient()
+    rows: Dict[tuple, Dict[str, Any]] = {}
+    for run in runs_df.itertuples(index=False):
+        for key in keys:
+            for m in sorted(client.get_metric_history(run.run_id, key), key=lambda m: m.timestamp):
+                row = rows.setdefault((run.run_id, m.step), {"run_id": run.run_id, "run_name": run.run_name,
+                                                             "label": getattr(run, "label", run.run_name),
+                                                             "epoch": int(m.step)})
+                row[key] = float(m.value)
+    cols = ["run_id", "run_name", "label", "epoch", *keys]
+    hist = pd.DataFrame(list(rows.values()), columns=cols)
+    for key in keys:
+        hist[key] = hist[key].astype("float64")
+    hist["epoch"] = hist["epoch"].astype("int64")
+    order = {rid: i for i, rid in enumerate(runs_df["run_id"])}
+    hist["_o"] = hist["run_id"].map(order)
+    return hist.sort_values(["_o", "epoch"]).drop(columns="_o").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- coverage
+def expected_configurations(grid: str) -> List[str]:
+    """Run names the programme asks for, in its order, from the versioned configs (configs/*.yaml)."""
+    from training.config import load_config
+
+    if grid == "first_classifier":
+        return ["first_classifier"]
+    if grid == "mlp_grid":
+        from training.part1 import grid_run_name
+
+        cfg = load_config("part1")["mlp_grid"]
+        return [grid_run_name(d, w) for w in cfg["widths"] for d in cfg["depths"]]
+    from training.experiments import experiment_name_of
+    from training.grids import expand_grid, load_grid_config
+
+    return [experiment_name_of(kw) for kw in expand_grid(load_grid_config(grid))]
+
+
+def mlp_axes(mlp: pd.DataFrame) -> Tuple[List[int], List[int]]:
+    """Depths and widths of the MLP mosaic: the programme's (configs/part1.yaml) plus any run."""
+    from training.config import load_config
+
+    cfg = load_config("part1")["mlp_grid"]
+    depths = sorted(set(cfg["depths"]) | {int(d) for d in mlp.get("depth", [])})
+    widths = sorted(set(cfg["widths"]) | {int(w) for w in mlp.get("width", [])})
+    return depths, widths
+
+
+def experiment_status(experiment: Optional[str] = None, grids: Iterable[str] = ALL_GRIDS,
+                      frames: Optional[Dict[str, pd.DataFrame]] = None) -> pd.DataFrame:
+    """Per grid: configurations expected, finished, present but not finished, never run.
+
+    frames: grid_runs results already fetched (avoids searching again)."""
+    rows = []
+    for grid in grids:
+        df = frames[grid] if frames is not None and grid in frames else grid_runs(grid, experiment)
+        expected = expected_configurations(grid)
+        finished = sorted(df.loc[df["status"] == "FINISHED", "run_name"])
+        unfinished = sorted(df.loc[df["status"] != "FINISHED", "run_name"])
+        never = [n for n in expected if n not in set(df["run_name"])]
+        rows.append(dict(grid=grid, expected=len(expected), finished=len(finished), unfinished=len(unfinished),
+                         not_run=len(never), unfinished_names=unfinished, not_run_names=never,
+                         extra_names=sorted(set(df["run_name"]) - set(expected))))
+    return pd.DataFrame(rows)
+
+
+def missing_experiments(experiment: Optional[str] = None,
+                        frames: Optional[Dict[str, pd.DataFrame]] = None) -> List[str]:
+    """Grids with no FINISHED configuration in the store (searched over all experiments, or the
+    named one), in the programme's order."""
+    status = experiment_status(experiment, frames=frames)
+    return status.loc[status["finished"] == 0, "grid"].tolist()

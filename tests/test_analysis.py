@@ -1,0 +1,338 @@
+"""analysis/: the query layer, the figures and answers.md, on a real store of real tiny runs.
+
+One module-scoped store (same set-up as conftest's `mlflow_store`, but built once: training the
+runs is the slow part) holds Part 1 (the first classifier, and the MLP cells d1_w32 and d4_w8 run
+as two partial grids, the way a grid gets completed in pieces) and experiment 1.1 on fake CIFAR
+data, plus a FAILED retry of one CIFAR configuration. A copy taken before the CIFAR runs is a
+store that holds only Part 1.
+"""
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from cifar_fixtures import write_fake_cifar10
+from conftest import PROJECT_ROOT
+from analysis import query
+from analysis.report import build_report, cli, summary
+from training import tracking
+from training.config import load_config
+
+MLP_CELLS = [(1, 32), (4, 8)]  # the first equal-"size" pair of Q4; the second pair stays missing
+CIFAR_MISSING = ["test_run", "exp1_2", "exp1_3", "exp1_4", "exp2"]
+PART1_FIGURES = {"first_classifier_fit", "first_classifier_confusion", "first_classifier_boundary",
+                 "mlp_grid_boundaries", "part1_threshold_effect", "part1_fpr_fnr"}
+CIFAR_FIGURES = {"exp1_1_curves_K32", "exp1_1_curves_K64", "exp1_1_accuracy_vs_L_K", "cifar_depth_overview"}
+
+
+def _use_store(mp: pytest.MonkeyPatch, folder: Path) -> str:
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    mp.chdir(folder)
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    from training.grids import run_grid
+    from training.part1 import run_first_classifier, run_mlp_grid
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is ~2x faster than two on a shared 2-core box
+    root = tmp_path_factory.mktemp("analysis")
+    full, part1_only = root / "full", root / "part1_only"
+    full.mkdir(), part1_only.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "ARCHLAB_EXPERIMENT"):
+            mp.delenv(var, raising=False)
+        uri = _use_store(mp, full)
+        cfg = load_config("part1")
+        cfg["first_classifier"]["epochs"] = 2
+        with tracking.open_run("part1", tags={tracking.GRID_TAG: "part1", tracking.ROLE_TAG: "parent"}):
+            run_first_classifier(cfg, device="cpu")
+            for depth, width in MLP_CELLS:  # two parent runs of mlp_grid, one cell each
+                cfg["mlp_grid"].update(depths=[depth], widths=[width], epochs=1)
+                run_mlp_grid(cfg, device="cpu")
+        with sqlite3.connect(full / "mlflow.db") as src, sqlite3.connect(part1_only / "mlflow.db") as dst:
+            src.backup(dst)  # a store holding only Part 1 (its artifacts stay where the runs logged them)
+
+        data_dir = write_fake_cifar10(root / "cifar", n_train_per_batch=40, n_test=50)
+        run_grid("exp1_1", dict(epochs=1, bs_train=50, device="cpu", out_dir=str(root / "results"),
+                                options=dict(n_train=100, n_valid=50, data_dir=str(data_dir), allow_small=True,
+                                             log_model=False, print_every=0)))
+        # A newer FAILED retry of a finished configuration: the finished run must still represent it.
+        client = MlflowClient()
+        done = query.grid_runs("exp1_1").set_index("run_name").loc["exp1_1_L2_K32"]
+        retry = client.create_run(done["experiment_id"], run_name="exp1_1_L2_K32", tags={
+            tracking.GRID_TAG: "exp1_1", tracking.ROLE_TAG: "child", tracking.HASH_TAG: done["config_hash"]})
+        client.log_metric(retry.info.run_id, "test_acc", 99.0)
+        client.set_terminated(retry.info.run_id, "FAILED")
+        yield dict(root=root, full=uri, part1_only=f"sqlite:///{part1_only / 'mlflow.db'}", full_dir=full,
+                   part1_dir=part1_only)
+    mlflow.set_tracking_uri(None)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def full_store(stores, monkeypatch):
+    _use_store(monkeypatch, stores["full_dir"])
+    return stores
+
+
+# ================================================================================ query layer
+def test_params_are_cast_back_to_their_types():
+    s = pd.Series(["2", "4", "16"])
+    assert query.cast_column(s).dtype == "int64" and query.cast_column(s).tolist() == [2, 4, 16]
+    assert query.cast_column(pd.Series(["0.001", "1"])).dtype == "float64"
+    assert query.cast_column(pd.Series(["[64, 128, 256]", "[32]"])).tolist() == [[64, 128, 256], [32]]
+    assert query.cast_column(pd.Series(["True", "False"])).dtype == bool
+    assert query.cast_column(pd.Series(["3", None])).dtype == "Int64"
+    assert query.cast_column(pd.Series(["tanh", "relu"])).tolist() == ["tanh", "relu"]
+    assert query.parse_param("None") is None and query.parse_param("cuda:0") == "cuda:0"
+
+
+def test_trend_sentences_follow_the_numbers():
+    from analysis.text import trend
+
+    assert trend([(2, 80.0), (4, 85.0), (8, 90.0)], "L").startswith("rises with L, from 80.0% at L=2 to 90.0% at L=8")
+    assert trend([(2, 90.0), (4, 85.0)], "L").startswith("falls with L")
+    assert trend([(2, 80.0), (4, 90.0), (8, 70.0)], "L").startswith("is not monotonic in L (best at L=4, worst at L=8)")
+    assert trend([(2, 80.0), (4, 80.5)], "L").startswith("is flat along L")
+    assert trend([(2, 80.0)], "L") == "only L=2 was run"
+
+
+def test_grid_runs_one_typed_row_per_configuration(full_store):
+    cnn = query.grid_runs("exp1_1")
+    expected = query.expected_configurations("exp1_1")
+    assert cnn["run_name"].tolist() == expected  # programme order, one row each
+    assert cnn["status"].eq("FINISHED").all()
+    retried = cnn.set_index("run_name").loc["exp1_1_L2_K32"]
+    assert retried["n_attempts"] == 2 and retried["test_acc"] != 99.0  # the FAILED retry lost to the finished run
+    assert cnn["label"].tolist()[:2] == ["L2_K32", "L4_K32"]
+    dtypes = {"L": "int64", "layers_per_block": "int64", "pool_every": "int64", "n_params": "int64", "lr": "float64",
+              "test_acc": "float64", "best_valid_acc": "float64", "allow_small": "bool"}
+    for col, dtype in dtypes.items():
+        assert str(cnn[col].dtype) == dtype, (col, cnn[col].dtype)
+    assert cnn["filters_per_layer"].tolist()[0] == [32] and cnn["K"].tolist()[-1] == "64"
+    assert cnn["n_convs"].tolist() == [2, 4, 8, 16, 2, 4, 8, 16]
+    assert cnn["param_run_name"].eq("exp1_1").all()  # the programme's run_name param does not shadow the run's
+
+    mlp = query.grid_runs("mlp_grid")
+    assert mlp["label"].tolist() == ["d4_w8", "d1_w32"]  # programme order: widths outer, depths inner
+    assert mlp["parent_run_id"].nunique() == 2
+    assert str(mlp["depth"].dtype) == "int64" and str(mlp["width"].dtype) == "int64"
+    assert str(mlp["optimizer.lr"].dtype) == "float64"
+    assert {"roc_threshold", "test_acc_thr05", "test_acc_thrroc", "valid_fnr_thr05"} <= set(mlp.columns)
+    assert len(query.grid_runs("first_classifier")) == 1
+    assert len(query.grid_runs("exp2")) == 0 and "run_id" in query.grid_runs("exp2").columns
+
+
+def test_epoch_history_is_tidy_and_matches_the_client(full_store):
+    fc = query.grid_runs("first_classifier")
+    hist = query.epoch_history(fc, query.PART1_EPOCH_KEYS)
+    assert len(hist) == 2 and hist["epoch"].tolist() == [1, 2]
+    assert list(hist.columns) == ["run_id", "run_name", "label", "epoch", *query.PART1_EPOCH_KEYS]
+    raw = sorted(MlflowClient().get_metric_history(fc.run_id[0], "valid_loss"), key=lambda m: m.step)
+    assert hist["valid_loss"].tolist() == [m.value for m in raw]
+    cnn = query.epoch_history(query.grid_runs("exp1_1"))
+    assert len(cnn) == 8 and cnn["run_id"].nunique() == 8 and str(cnn["valid_acc"].dtype) == "float64"
+
+
+def test_missing_experiments_and_status(full_store):
+    assert query.missing_experiments() == CIFAR_MISSING
+    status = query.experiment_status().set_index("grid")
+    assert status.loc["mlp_grid", "finished"] == 2 and status.loc["mlp_grid", "expected"] == 12
+    assert status.loc["exp1_1", "finished"] == 8 and status.loc["exp1_1", "not_run"] == 0
+    assert query.missing_experiments(experiment=tracking.DEFAULT_EXPERIMENT) == CIFAR_MISSING
+    with pytest.raises(ValueError, match="experiment 'nope' not found"):
+        query.grid_runs("exp1_1", experiment="nope")
+
+
+# ================================================================================ report
+def _table_rows(md: str, first_cell: str) -> list:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
+            if line.startswith(f"| {first_cell}")]
+
+
+def _pct(cell: str) -> float:
+    return float(cell.rstrip("%"))
+
+
+def test_report_cli_builds_every_figure_and_answer(full_store, tmp_path):
+    out = tmp_path / "reports"
+    result = CliRunner().invoke(cli, ["--tracking-uri", full_store["full"], "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Missing experiments (no finished runs; answers.md says so): " + ", ".join(CIFAR_MISSING) in result.output
+    assert "mlp_grid          partial  2/12" in result.output
+
+    pngs = {p.stem: p for p in (out / "figures").glob("*.png")}
+    assert set(pngs) == PART1_FIGURES | CIFAR_FIGURES
+    for path in pngs.values():
+        with Image.open(path) as im:
+            im.verify()
+            assert im.format == "PNG" and im.size[0] > 100
+    md = (out / "answers.md").read_text()
+    for link in re.findall(r"\]\((figures/[^)]+)\)", md):
+        assert (out / link).is_file(), link
+    assert set(Path(link).stem for link in re.findall(r"\]\((figures/[^)]+)\)", md)) == set(pngs)
+
+    # every question is answered, and the missing experiments are said to be missing
+    for heading in ("## Part 1", "### Question 1\n", "### Question 2\n", "### Question 3\n", "### Question 4\n",
+                    "## Part 2", "## Part 3", "### Question 1 (experiment 1.1", "### Question 2 (experiment 1.2",
+                    "### Question 3 (experiment 1.3", "### Question 4 (experiment 1.4", "### Question 5 (experiment 2"):
+        assert heading in md, heading
+    for grid in ("exp1_2", "exp1_3", "exp1_4", "exp2"):
+        assert f"**`{grid}` has not been run in this store**" in md
+    assert "neither depth=1, width=128 nor depth=4, width=32 has been run" in md
+    assert "only width=32 was run" in md  # a single cell per depth: no trend is invented
+
+    # numbers in the text are the runs' numbers
+    mlp = query.grid_runs("mlp_grid").set_index("label")
+    rows = _table_rows(md, "d")
+    assert len(rows) == 2
+    for row in rows:
+        run = mlp.loc[row[0]]
+        assert int(row[3].replace(",", "")) == run["n_params"]
+        assert _pct(row[-1]) == pytest.approx(run["test_acc"], abs=0.051)
+        assert _pct(row[-2]) == pytest.approx(run["test_acc_thr05"], abs=0.051)
+        assert float(row[4]) == pytest.approx(run["roc_threshold"], abs=0.0006)
+    pair = re.search(r"depth=1, width=32 vs depth=4, width=8: counted on the project's MLP, they have ([\d,]+) vs "
+                     r"([\d,]+) parameters.*?Measured test accuracy: ([\d.]+)% vs ([\d.]+)%", md)
+    assert pair, "pair sentence missing"
+    assert int(pair[1].replace(",", "")) == mlp.loc["d1_w32", "n_params"]
+    assert int(pair[2].replace(",", "")) == mlp.loc["d4_w8", "n_params"]
+    assert float(pair[3]) == pytest.approx(mlp.loc["d1_w32", "test_acc"], abs=0.051)
+
+    fc = query.grid_runs("first_classifier").iloc[0]
+    q2 = re.search(r"validation FPR = ([\d.]+), FNR = ([\d.]+) — the (FNR|FPR) is higher", md)
+    assert float(q2[1]) == pytest.approx(fc["valid_fpr_thr05"], abs=5e-4)
+    assert float(q2[2]) == pytest.approx(fc["valid_fnr_thr05"], abs=5e-4)
+    assert q2[3] == ("FNR" if fc["valid_fnr_thr05"] > fc["valid_fpr_thr05"] else "FPR")
+
+    cnn = query.grid_runs("exp1_1").set_index("run_name")
+    rows = _table_rows(md, "exp1_1_L")
+    assert [r[0] for r in rows] == list(cnn.index)
+    for row in rows:
+        assert _pct(row[6]) == pytest.approx(cnn.loc[row[0], "test_acc"], abs=0.051)
+        assert _pct(row[5]) == pytest.approx(cnn.loc[row[0], "best_valid_acc"], abs=0.051)
+
+    from models.counting import bottleneck_comparison
+
+    bc = bottleneck_comparison()
+    assert f"Regular: {bc['regular']['params']:,}" in md and f"Bottleneck: {bc['bottleneck']['params']:,}" in md
+    assert f"regular {bc['regular']['flops']:,}, bottleneck {bc['bottleneck']['flops']:,}" in md
+
+    # each grid's figures are attached to its newest parent run
+    client = MlflowClient()
+    for grid, names in (("mlp_grid", {"mlp_grid_boundaries.png", "part1_fpr_fnr.png"}),
+                        ("exp1_1", {"exp1_1_curves_K32.png", "exp1_1_accuracy_vs_L_K.png"}),
+                        ("first_classifier", {"first_classifier_confusion.png"})):
+        logged = {Path(f.path).name for f in client.list_artifacts(query.parent_run_id(grid), "report")}
+        assert names <= logged, (grid, logged)
+
+
+def test_store_with_only_part1_lists_the_missing_experiments(stores, monkeypatch, tmp_path):
+    _use_store(monkeypatch, stores["part1_dir"])
+    result = build_report(tmp_path / "reports", log_artifacts=False)
+    assert result.missing == ["test_run", "exp1_1", *CIFAR_MISSING[1:]]
+    assert {p.stem for paths in result.figures.values() for p in paths} == PART1_FIGURES
+    md = result.answers.read_text()
+    for grid in ("exp1_1", "exp1_2", "exp1_3", "exp1_4", "exp2"):
+        assert f"**`{grid}` has not been run in this store**" in md
+    assert "### Question 4\n" in md and "| d1_w32 |" in md
+    assert "exp1_1" in summary(result).splitlines()[-2]
+
+
+def test_report_refuses_an_unknown_experiment(full_store, tmp_path):
+    result = CliRunner().invoke(cli, ["--tracking-uri", full_store["full"], "--experiment", "nope",
+                                      "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "experiment 'nope' not found" in result.output
+    assert "archlab" in result.output  # names the experiments the store holds
+
+
+def test_mlproject_report_entry_point_parses():
+    from mlflow.projects._project_spec import load_project
+
+    entry = load_project(str(PROJECT_ROOT))._entry_points["report"]
+    argv = entry.compute_command({}, storage_dir=None).split()
+    assert argv == ["python", "-m", "analysis.report", "--out", "reports"]
+    result = CliRunner().invoke(cli, argv[3:] + ["--help"])
+    assert result.exit_code == 0 and "--tracking-uri" in result.output and "--experiment" in result.output
+
+
+# ================================================================================ every CIFAR answer
+def _log_cifar_grid(grid: str, acc_of, only: tuple, fail: tuple = ()) -> None:
+    """Part of a grid logged by hand with training.tracking's conventions (parent + tagged children,
+    params, per-epoch metrics at step=epoch, final metrics): the answers for experiments 1.2-2 need
+    these grids, which are far too slow to train in a CPU test. only: the labels to log (L2_K32 ...);
+    fail: labels that diverge."""
+    from training.experiments import experiment_name_of
+    from training.grids import expand_grid, load_grid_config
+
+    with tracking.open_run(grid, tags={tracking.GRID_TAG: grid, tracking.ROLE_TAG: "parent"}):
+        for kw in expand_grid(load_grid_config(grid)):
+            name, acc = experiment_name_of(kw), acc_of(kw)
+            label = name[len(grid) + 1:]  # exp1_1_L2_K32 -> L2_K32
+            if label not in only:
+                continue
+            params = {k: v for k, v in kw.items() if k != "options"}
+            params.update(n_params=1000 * kw["layers_per_block"] * sum(kw["filters_per_layer"]))
+            tags = {tracking.GRID_TAG: grid, tracking.ROLE_TAG: "child", tracking.HASH_TAG: name}
+            try:
+                with tracking.open_run(name, tags=tags):
+                    tracking.log_params(params)
+                    for epoch in (1, 2, 3):
+                        tracking.log_metrics(dict(train_loss=2.0 / epoch, train_acc=acc - 6 + 2 * epoch,
+                                                  valid_loss=2.1 / epoch, valid_acc=acc - 4 + epoch), step=epoch)
+                        if label in fail:
+                            tracking.mark_diverged("non-finite loss at epoch 1")
+                            raise FloatingPointError("diverged")
+                    tracking.log_metrics(dict(test_acc=acc - 0.5, best_valid_acc=acc - 1, best_epoch=3, test_loss=1.0,
+                                              fit_wall_time_s=100.0), step=3)
+            except FloatingPointError:
+                pass
+
+
+def test_answers_cover_every_cifar_experiment_when_present(mlflow_store, tmp_path):
+    plain = lambda kw: 72 + 2 * len(kw["filters_per_layer"]) - kw["layers_per_block"]  # noqa: E731
+    deep = lambda kw: 80 + kw["layers_per_block"] * len(kw["filters_per_layer"]) / 4  # noqa: E731
+    _log_cifar_grid("exp1_1", plain, only=("L2_K32", "L8_K32", "L16_K32", "L16_K64"), fail=("L16_K64",))
+    _log_cifar_grid("exp1_2", plain, only=("L2_K32", "L2_K256", "L8_K32", "L8_K256"))
+    _log_cifar_grid("exp1_3", plain, only=("L1_K64-128-256", "L2_K64-128-256"))
+    _log_cifar_grid("exp1_4", deep, only=("L8_K32", "L16_K32", "L2_K64-128-256"))
+    _log_cifar_grid("exp2", lambda kw: 90 + kw["layers_per_block"] / 10, only=("L3_K32-64-128", "L12_K32-64-128"))
+
+    result = build_report(tmp_path / "reports")
+    assert result.missing == ["first_classifier", "mlp_grid", "test_run"]
+    md = result.answers.read_text()
+    for grid in ("first_classifier", "mlp_grid"):
+        assert f"**`{grid}` has not been run in this store**" in md
+    for grid in ("exp1_1", "exp1_2", "exp1_3", "exp1_4", "exp2"):
+        assert f"**`{grid}` has not been run" not in md
+        assert f"figures/{grid}_accuracy_vs_L_K.png" in md
+    # the diverged run is a row of its configuration, and named as not trainable
+    assert "| exp1_1_L16_K64 |" in md and "FAILED |" in md
+    assert re.search(r"\*\*2\. Not trainable:\*\* [^\n]*L16_K64", md)
+    # exp2's table and its comparison with experiment 1 come from the runs
+    exp2 = query.grid_runs("exp2").set_index("run_name")
+    rows = _table_rows(md, "exp2_L")
+    assert [r[0] for r in rows] == list(exp2.index)
+    for row in rows:
+        assert _pct(row[6]) == pytest.approx(exp2.loc[row[0], "test_acc"], abs=0.051)
+    best1 = max(query.grid_runs(g, finished_only=True)["test_acc"].max()
+                for g in ("exp1_1", "exp1_2", "exp1_3", "exp1_4"))
+    assert re.search(rf"best network of experiment 1 is \S+ in exp1_\d with {best1:.1f}%", md)
+    # paired comparisons: plain vs residual at equal K and L, shared 1.1/1.2 configurations
+    assert "L8_K32: plain exp1_1" in md and "L2_K64-128-256: plain exp1_3" in md
+    assert "configurations appear in both experiments with the same recipe" in md
