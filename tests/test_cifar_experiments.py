@@ -232,3 +232,10 @@ def test_run_exp_cli_programme_options(mlflow_store, fake_cifar10, tmp_path):
     help_text = CliRunner().invoke(cli, ["run-exp", "--help"]).output
     for opt in ("--run-name", "-K", "-L", "-P", "-H", "-M", "--lr", "--reg", "--early-stopping", "--bs-test"):
         assert opt in help_text
+
+
+def test_grid_with_missing_data_fails_before_any_run(mlflow_store, tmp_path):
+    """The dry-run check locates the data for every configuration before the parent run opens."""
+    with pytest.raises(FileNotFoundError, match="CIFAR-10 not found: no cifar-10-batches-py folder"):
+        run_grid("exp1_3", small_overrides(tmp_path / "nowhere"))
+    assert len(tracking.find_runs("")) == 0 and not (tmp_path / "checkpoints").exists()

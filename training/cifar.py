@@ -196,11 +196,10 @@ def download_cifar10(root: Path) -> None:
             f"or set ${ENV_DATA_DIR} to a directory that already holds {BATCHES_FOLDER}/.") from None
 
 
-def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = False) -> CifarArrays:
-    """Read and validate the 5 training batches and the test batch (uint8 CHW images, int64 labels).
-
-    Missing data is downloaded only when `download` is true; otherwise the FileNotFoundError says
-    where we looked and how to get the data."""
+def require_cifar10(data_dir: str | os.PathLike | None = None, download: bool = False) -> Path:
+    """The batches folder, or the clear FileNotFoundError a missing data set deserves. Cheap (no
+    reading), so grids call it before starting workers or servers. With download=True missing
+    files are fetched first."""
     root = resolve_data_dir(data_dir)
     folder = _batches_dir(root)
     missing = _missing_files(folder)
@@ -212,6 +211,15 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = Fal
         what = (f"no {BATCHES_FOLDER} folder in {root.resolve()}" if not folder.is_dir()
                 else f"{folder.resolve()} lacks {', '.join(missing)}")
         raise FileNotFoundError(f"CIFAR-10 not found: {what}. {_how_to_get_data(root)}")
+    return folder
+
+
+def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = False) -> CifarArrays:
+    """Read and validate the 5 training batches and the test batch (uint8 CHW images, int64 labels).
+
+    Missing data is downloaded only when `download` is true; otherwise the FileNotFoundError says
+    where we looked and how to get the data."""
+    folder = require_cifar10(data_dir, download)
     train_x, train_y = _read_batches(folder, TRAIN_FILES)
     test_x, test_y = _read_batches(folder, (TEST_FILE,))
     return CifarArrays(train_x, train_y, test_x, test_y, _read_classes(folder))

@@ -58,9 +58,10 @@ class Settings:
     checkpoint_dir: str = "checkpoints"
     log_model: bool = True
     print_every: int = 1
+    dry_run: bool = False              # validate everything (and find the data), train nothing
 
     EXECUTION_ONLY = ("data_dir", "download", "amp", "channels_last", "tracking", "grid", "restart",
-                      "checkpoint_dir", "log_model", "print_every")
+                      "checkpoint_dir", "log_model", "print_every", "dry_run")
 
     @classmethod
     def from_kw(cls, kw: Dict[str, Any]) -> "Settings":
@@ -200,6 +201,13 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
     settings = Settings.from_kw(kw)
     check_cnn_config(cfg)
     check_images_per_epoch(cfg, settings)
+    if settings.dry_run:  # the whole check, cheaply: layers on the meta device, data only located
+        from training.cifar import require_cifar10
+
+        with torch.device("meta"):
+            build_model(cfg, settings)
+        require_cifar10(settings.data_dir, settings.download)
+        return None
     torch.manual_seed(seed)
     model = build_model(cfg, settings)  # shape errors (maps shrinking below 1x1) surface here
     name = experiment_name(run_name, cfg["filters_per_layer"], layers_per_block)

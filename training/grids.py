@@ -74,26 +74,16 @@ def expand_grid(cfg: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] =
 
 
 def check_grid(runs: List[Dict[str, Any]]) -> None:
-    """Validate every configuration (arguments, options, model shapes) before the first one trains."""
+    """Validate every configuration (arguments, options, model shapes, data present) before the
+    first one trains or any worker starts: cnn_experiment's own checks, in dry-run mode."""
     import torch
 
-    from training.cnn_experiment import Settings, build_model, check_cnn_config, check_images_per_epoch
+    from training.cnn_experiment import cnn_experiment
 
     rng = torch.get_rng_state()
     try:
         for kwargs in runs:
-            run_keys = {"run_name", "out_dir", "seed", "device", "bs_train", "bs_test", "batches", "epochs",
-                        "early_stopping", "checkpoints", "lr", "reg", "filters_per_layer", "layers_per_block",
-                        "pool_every", "hidden_dims", "model_type"}
-            cfg = dict(out_dir="./results", seed=None, device=None, bs_train=128, bs_test=None, batches=100,
-                       epochs=100, early_stopping=3, checkpoints=None, lr=1e-3, reg=1e-3)
-            cfg.update({k: v for k, v in kwargs.items() if k in run_keys})
-            cfg["bs_test"] = cfg["bs_test"] or max(cfg["bs_train"] // 4, 1)
-            settings = Settings.from_kw({k: v for k, v in kwargs.items() if k not in run_keys})
-            check_cnn_config(cfg)
-            check_images_per_epoch(cfg, settings)
-            with torch.device("meta"):
-                build_model(cfg, settings)
+            cnn_experiment(**{**kwargs, "dry_run": True})
     finally:
         torch.set_rng_state(rng)
 
