@@ -21,5 +21,8 @@ main: setup
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+report: setup
+	$(PY) -m analysis.report
+
 clean-runs:
 	rm -rf mlruns mlartifacts mlflow.db results checkpoints reports
