@@ -15,7 +15,8 @@ from entrypoints.common import epochs_override, print_where, resolve_device, sta
 CONFIG_HELP = "Part 1 config: a name in configs/ or a YAML path."
 
 
-def _load(config: str):
+def load_part1_config(config: str):
+    """The Part 1 config, fully checked (a bad value is a usage error before any training)."""
     from training.config import load_config
     from training.part1 import check_part1_config
 
@@ -43,7 +44,7 @@ def part1_command(name: str, epochs_help: str):
         @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
         @tracking_options
         def command(config, epochs, device, tracking_uri, experiment):
-            cfg, device = _load(config), resolve_device(device)
+            cfg, device = load_part1_config(config), resolve_device(device)
             uri = start(tracking_uri, experiment)
             # Batches of 32 two-feature points are far too small to split across threads: a second
             # intra-op thread only spins, and on a loaded 2-core machine it made an epoch 10x slower.
@@ -59,13 +60,10 @@ def part1_command(name: str, epochs_help: str):
 @part1_command("main", "Override the grid's epochs per cell.")
 def main(cfg, epochs, device):
     """The whole Part 1: first classifier, then the depth x width grid."""
-    from training import tracking
-    from training.part1 import run_first_classifier, run_mlp_grid
+    from training.part1 import run_part1
 
     t0 = time.perf_counter()
-    with tracking.open_run("part1", tags={tracking.GRID_TAG: "part1", tracking.ROLE_TAG: "parent"}):
-        run_first_classifier(cfg, device=device)
-        run_mlp_grid(cfg, device=device, epochs=epochs)
+    run_part1(cfg, device=device, epochs=epochs)
     click.echo(f"Part 1 done in {time.perf_counter() - t0:.0f} s on {device}.")
 
 

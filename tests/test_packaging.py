@@ -26,7 +26,7 @@ def test_requirements_python_env_and_conda_list_the_same_dependencies():
 def test_every_entry_point_command_parses_with_its_defaults():
     """Each MLproject command, with default parameters, is accepted by the CLI it calls (--help
     appended, so nothing runs): a renamed option would break `mlflow run` and fails here."""
-    from entrypoints import cifar, part1
+    from entrypoints import cifar, part1, reproduce
 
     project = load_project(str(PROJECT_ROOT))
     names = set(project._entry_points)
@@ -36,7 +36,8 @@ def test_every_entry_point_command_parses_with_its_defaults():
         command = entry.compute_command({}, storage_dir=None)
         argv = command.split()
         assert argv[:2] == ["python", "-m"], command
-        module = {"entrypoints.part1": part1.cli, "entrypoints.cifar": cifar.cli}.get(argv[2])
+        module = {"entrypoints.part1": part1.cli, "entrypoints.cifar": cifar.cli,
+                  "entrypoints.reproduce": reproduce.cli}.get(argv[2])
         if module is None:
             continue  # analysis.report has its own tests
         result = CliRunner().invoke(module, argv[3:] + ["--help"])

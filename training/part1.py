@@ -173,6 +173,14 @@ def run_mlp_grid(cfg: Mapping[str, Any], device: Optional[str] = None, epochs: O
     return results, summary
 
 
+def run_part1(cfg: Mapping[str, Any], device: Optional[str] = None, epochs: Optional[int] = None):
+    """The whole Part 1 under one run `part1`: the first classifier, then the grid."""
+    with tracking.open_run("part1", tags={tracking.GRID_TAG: "part1", tracking.ROLE_TAG: "parent"}):
+        first = run_first_classifier(cfg, device=device)
+        grid = run_mlp_grid(cfg, device=device, epochs=epochs)
+    return first, grid
+
+
 def boundary_mosaic(results, depths, widths, dl_test):
     """Rows = widths, columns = depths; each cell annotated with thresh, valid and test accuracy."""
     fig, axes = plt.subplots(len(widths), len(depths), figsize=(5 * len(depths), 4 * len(widths)), squeeze=False)

@@ -1,0 +1,43 @@
+"""`reproduce`: the whole programme in one command (tiny settings), and its refusal on a CPU."""
+import torch
+import pytest
+from click.testing import CliRunner
+
+from cifar_fixtures import fake_cifar10  # noqa: F401
+from entrypoints.reproduce import cli
+from test_part1_tracking import small_config
+from training import tracking
+
+
+def test_refuses_cifar_grids_without_gpu_unless_allowed(mlflow_store):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = CliRunner().invoke(cli, [])
+    assert result.exit_code == 2 and "no GPU here" in result.output and "--allow-cpu true" in result.output
+    assert len(tracking.find_runs("")) == 0
+
+
+def test_bad_grid_name_and_missing_data_fail_before_training(mlflow_store, tmp_path):
+    result = CliRunner().invoke(cli, ["--grids", "exp9", "--allow-cpu", "true"])
+    assert result.exit_code == 2 and "unknown grids ['exp9']" in result.output
+    result = CliRunner().invoke(cli, ["--grids", "exp1_3", "--allow-cpu", "true", "--data-dir", str(tmp_path / "no")])
+    assert result.exit_code == 2 and "CIFAR-10 not found" in result.output
+    assert len(tracking.find_runs("")) == 0
+
+
+def test_whole_programme_tiny(mlflow_store, fake_cifar10, tmp_path):
+    _, part1 = small_config(tmp_path)
+    result = CliRunner().invoke(cli, [
+        "--grids", "test_run,exp1_3", "--allow-cpu", "true", "--part1-config", str(part1), "--epochs", "1",
+        "--bs-train", "32", "--n-train", "96", "--n-valid", "32", "--allow-small", "true",
+        "--data-dir", str(fake_cifar10), "--out", str(tmp_path / "reports"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    runs = tracking.find_runs("")
+    by_name = {r["tags.mlflow.runName"]: r for _, r in runs.iterrows()}
+    top = by_name["reproduce"].run_id
+    for name in ("part1", "test_run", "exp1_3"):
+        assert by_name[name]["tags.mlflow.parentRunId"] == top
+    assert "exp1_3_L4_K64-128-256" in by_name and "mlp_d2_w8" in by_name
+    answers = (tmp_path / "reports" / "answers.md").read_text()
+    assert "exp1_1" in answers and "has not been run" in answers  # grids left out are reported missing
+    assert "Missing experiments" in result.output
