@@ -239,3 +239,20 @@ def test_grid_with_missing_data_fails_before_any_run(mlflow_store, tmp_path):
     with pytest.raises(FileNotFoundError, match="CIFAR-10 not found: no cifar-10-batches-py folder"):
         run_grid("exp1_3", small_overrides(tmp_path / "nowhere"))
     assert len(tracking.find_runs("")) == 0 and not (tmp_path / "checkpoints").exists()
+
+
+def test_diverging_configuration_fails_tagged_and_the_grid_goes_on(mlflow_store, fake_cifar10, tmp_path):
+    """NaN/inf loss: each diverging run ends FAILED with the reason as tags, the grid goes on to
+    the next configuration, and a rerun does not retry the diverged ones blindly."""
+    config = tmp_path / "nan_grid.yaml"
+    config.write_text(yaml.safe_dump(dict(base="cifar_plain", run_name="exp1_1", model_type="cnn", lr=1e12,
+                                          grid=[dict(K=[8], L=[1, 2])], early_stopping=None)))
+    overrides = small_overrides(fake_cifar10, epochs=2, optimizer="sgd", momentum=0.0)
+    outcome = run_grid(str(config), overrides)
+    assert sorted(outcome["diverged"]) == ["exp1_1_L1_K8", "exp1_1_L2_K8"]
+    runs = child_runs(str(config))
+    assert len(runs) == 2 and runs["status"].eq("FAILED").all()
+    assert runs["tags.archlab.diverged"].eq("true").all()
+    assert runs["tags.archlab.error"].str.contains("training loss became").all()
+    again = run_grid(str(config), overrides)
+    assert sorted(again["skipped"]) == ["exp1_1_L1_K8", "exp1_1_L2_K8"] and not again["written"]
