@@ -188,7 +188,7 @@ def test_sigkill_mid_grid_then_rerun_finishes_each_configuration_once(mlflow_sto
     assert sorted(runs["tags.mlflow.runName"]) == ["exp1_1_L1_K16", "exp1_1_L2_K16", "exp1_1_L3_K16"]  # once each
     assert runs["status"].eq("FINISHED").all()
     for run_id in runs.run_id:
-        for key in ("train_loss", "valid_acc", "lr", "epoch_time_s"):
+        for key in ("train_loss", "valid_acc", "lr", "epoch_time_s", "best_valid_acc"):
             assert steps(run_id, key) == list(range(1, epochs + 1)), (run_id, key)  # contiguous, no duplicates
 
 

@@ -298,7 +298,8 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
             if isinstance(e, NonFiniteLossError):
                 tracking.mark_diverged(str(e))
             raise
-        tracking.log_metrics(final, step=fit.num_epochs)
+        # best_valid_acc is already a per-epoch metric: logging it again would duplicate its last step
+        tracking.log_metrics({k: v for k, v in final.items() if k != "best_valid_acc"}, step=fit.num_epochs)
         path = _finish(run_name, out_dir, cfg, fit, final, name, epochs=history, mlflow_run_id=run.info.run_id)
         mlflow.log_artifact(path, "results")
         mlflow.log_artifact(state_base, "checkpoints")
