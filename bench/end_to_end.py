@@ -1,0 +1,99 @@
+"""Benchmark 4: whole jobs, timed from outside, on this CPU.
+
+(a) `python -m entrypoints.part1 main` (what `make main` runs after installing) as a subprocess in
+    a fresh temporary folder with its own SQLite store, so nothing of the checkout is touched and
+    MLflow's schema creation is part of the cost, as on a first run.
+(b) One exp1 configuration, exp1_1_L2_K32, through the real `cnn_experiment` (tracking off, as
+    bench/gpu_check.py does on the GPU, so the two machines' figures compare): 5 epochs of 16
+    batches over the 45000-image split, the first dropped (one-off warm-up), the median of the
+    others scaled to a full 45000-image epoch plus the measured 5000-image validation.
+No contender runs beside these, so their absolute times move with the machine's load; the cores
+other jobs kept busy meanwhile (/proc/stat) and the load averages are recorded with them.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from typing import Any, Dict, Optional
+
+from bench.common import background_cores, load_average, rounded, timed
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXP1_CONFIG = ("exp1_1", 32, 2)  # grid, K, L
+
+
+def part1_main(quick: bool = False, timeout_s: float = 1800.0) -> Dict[str, Any]:
+    """Wall time of Part 1's main job as a user runs it (quick: the grid at 1 epoch per cell)."""
+    cmd = [sys.executable, "-m", "entrypoints.part1", "main"] + (["--epochs", "1"] if quick else [])
+    with tempfile.TemporaryDirectory(prefix="bench_part1_") as workdir:
+        env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db",
+               "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+        env.pop("MLFLOW_RUN_ID", None)
+        env.pop("MLFLOW_EXPERIMENT_ID", None)
+        load_before = load_average()
+        box: Dict[str, subprocess.CompletedProcess] = {}
+        sample = timed(lambda: box.setdefault("proc", subprocess.run(
+            cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout_s)))
+        proc, wall = box["proc"], sample.wall_s
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-2000:]
+        raise RuntimeError(f"{' '.join(cmd)} failed with code {proc.returncode}:\n{tail}")
+    reported = re.search(r"Part 1 done in (\d+) s", proc.stdout)
+    res = dict(command=" ".join(cmd[1:]), wall_s=rounded(wall, 1),
+               reported_s=int(reported.group(1)) if reported else None,
+               grid_epochs="1 (--quick)" if quick else "config (part1.yaml)",
+               background_cores=rounded(background_cores([sample]), 2),
+               load_before=load_before, load_after=load_average())
+    print(f"  [part1] {res['command']}: {wall:.1f} s wall (other jobs kept {res['background_cores']} cores busy)",
+          flush=True)
+    return res
+
+
+def exp1_epoch(data_dir: Optional[str], quick: bool = False) -> Dict[str, Any]:
+    """Full-epoch time of exp1_1_L2_K32 on this CPU, extrapolated from a fixed number of batches.
+
+    Several short epochs, the first dropped (warm-up); the headline is the median of the others
+    and the fastest is kept too, because a single epoch here can run 6x slower when another job
+    takes a core (seen: 614 vs 3936 img/s for the same 16 batches, minutes apart)."""
+    from bench.gpu_check import run_config
+    from training.grids import expand_grid, load_grid_config
+
+    grid, K, L = EXP1_CONFIG
+    kwargs = next(k for k in expand_grid(load_grid_config(grid))
+                  if k["filters_per_layer"] == [K] and k["layers_per_block"] == L)
+    batches, epochs = (4, 2) if quick else (16, 5)
+    n_train, bs = kwargs["n_train"], kwargs["bs_train"]
+    load_before = load_average()
+    box: Dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_exp1_") as out_dir:
+        # allow_small: a timing run sees `batches` x 128 images per epoch, below the programme's
+        # 30000-image floor that cnn_experiment enforces for real experiments.
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):  # cnn_experiment's progress lines
+            sample = timed(lambda: box.setdefault("res", run_config(
+                {**kwargs, "epochs": epochs, "early_stopping": None, "batches": batches, "allow_small": True},
+                out_dir, data_dir)))
+    res, wall = box["res"]
+    timed_epochs = res["epochs"][1:]
+    ips = sorted(e["train_images_per_s"] for e in timed_epochs)
+    median_ips = statistics.median(ips)
+    valid_s = statistics.median(e["epoch_time_s"] - batches * bs / e["train_images_per_s"] for e in timed_epochs)
+    full_train_s = n_train / median_ips
+    out = dict(config=f"{grid}_L{L}_K{K}", batches_per_epoch=batches, epochs_timed=len(timed_epochs),
+               images_per_epoch=n_train, train_images_per_s=rounded(median_ips, 1),
+               train_images_per_s_per_epoch=[rounded(e["train_images_per_s"], 1) for e in timed_epochs],
+               valid_5000_s=rounded(valid_s, 2), full_epoch_train_s=rounded(full_train_s, 1),
+               full_epoch_with_valid_s=rounded(full_train_s + valid_s, 1),
+               full_epoch_train_s_fastest=rounded(n_train / ips[-1], 1),
+               planned_max_epochs=kwargs["epochs"], run_wall_s=rounded(wall, 1),
+               background_cores=rounded(background_cores([sample]), 2),
+               load_before=load_before, load_after=load_average())
+    print(f"  [exp1] {out['config']}: {median_ips:.0f} img/s (median of {len(ips)} epochs) -> {full_train_s:.0f} s per "
+          f"45000-image epoch (+{valid_s:.1f} s validation; fastest epoch {out['full_epoch_train_s_fastest']:.0f} s)",
+          flush=True)
+    return out
