@@ -4,7 +4,7 @@
     python -m bench --data-dir /tmp/cifar --quick    # short version
     python bench/run_all.py --data-dir /tmp/cifar --only train,data
 
-The JSON (default bench/results/cpu_<date>.json, cpu_<date>_quick.json with --quick) is
+The JSON (default bench/measured/cpu_<date>.json, cpu_<date>_quick.json with --quick) is
 rewritten after every benchmark, so an interrupted run still leaves what it measured; a
 benchmark that fails is recorded with its error and the others still run.
 """
@@ -33,7 +33,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--data-dir", default=None,
                     help="folder holding cifar-10-batches-py/ (default: archlab's: $ARCHLAB_DATA, then "
                          "~/.cache/archlab/data)")
-    ap.add_argument("--out", default=None, help="JSON file (default: bench/results/cpu_<date>[_quick].json)")
+    ap.add_argument("--out", default=None, help="JSON file (default: bench/measured/cpu_<date>[_quick].json)")
     ap.add_argument("--only", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
     args = ap.parse_args(argv)
@@ -45,7 +45,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def default_out(quick: bool) -> str:
     name = f"cpu_{time.strftime('%Y-%m-%d')}{'_quick' if quick else ''}.json"
-    return os.path.join(BENCH_DIR, "results", name)
+    return os.path.join(BENCH_DIR, "measured", name)
 
 
 def check_data(data_dir: Optional[str]) -> str:
