@@ -10,24 +10,8 @@ import sys
 
 import click
 
-from entrypoints.common import print_where, resolve_device, start, tracking_options
-
-
-def _grid_names():
-    from training.grids import GRIDS
-
-    return GRIDS
-
-
-def zero_is_none(ctx, param, value):
-    """MLproject passes 0 for "use the config's value"; negatives are errors."""
-    if value is not None and value < 0:
-        raise click.BadParameter(f"must be a positive integer (or 0 for the config's value), got {value}")
-    return value or None
-
-
-def auto_is_none(ctx, param, value):
-    return None if value in (None, "", "auto") else value
+from entrypoints.common import auto_is_none, print_where, resolve_device, start, tracking_options, zero_is_none
+from training.grids import GRIDS
 
 
 def device_list(ctx, param, value):
@@ -43,7 +27,7 @@ def cli():
 
 
 @cli.command()
-@click.argument("name", type=click.Choice(["test_run", "exp1_1", "exp1_2", "exp1_3", "exp1_4", "exp2"]))
+@click.argument("name", type=click.Choice(GRIDS))
 @click.option("--epochs", type=int, default=None, callback=zero_is_none, help="Max epochs per configuration.")
 @click.option("--batches", type=int, default=None, callback=zero_is_none, help="Training batches per epoch.")
 @click.option("--bs-train", type=int, default=None, callback=zero_is_none, help="Training batch size.")

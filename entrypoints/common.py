@@ -1,7 +1,6 @@
 """Options and start-up shared by every entry point (tracking store, device, threads)."""
 from __future__ import annotations
 
-import functools
 import os
 from typing import Optional
 
@@ -54,14 +53,13 @@ def print_where(uri: str) -> None:
         click.echo(f"View them at the tracking server's UI: {uri}")
 
 
-def positive_int(ctx, param, value):
-    if value is not None and value < 1:
-        raise click.BadParameter(f"must be a positive integer, got {value}")
-    return value
-
-
-def epochs_override(ctx, param, value):
+def zero_is_none(ctx, param, value):
     """None or 0 (MLproject's default) mean "use the config's value"; negatives are errors."""
     if value is not None and value < 0:
         raise click.BadParameter(f"must be a positive integer (or 0 for the config's value), got {value}")
     return value or None
+
+
+def auto_is_none(ctx, param, value):
+    """"auto" or "" (MLproject's string defaults) mean "not given"."""
+    return None if value in (None, "", "auto") else value

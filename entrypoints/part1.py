@@ -10,7 +10,7 @@ import time
 import click
 import torch
 
-from entrypoints.common import epochs_override, print_where, resolve_device, start, tracking_options
+from entrypoints.common import print_where, resolve_device, start, tracking_options, zero_is_none
 
 CONFIG_HELP = "Part 1 config: a name in configs/ or a YAML path."
 
@@ -40,7 +40,7 @@ def part1_command(name: str, epochs_help: str):
     def wrap(body):
         @cli.command(name, help=body.__doc__)
         @click.option("--config", default="part1", show_default=True, help=CONFIG_HELP)
-        @click.option("--epochs", type=int, default=None, callback=epochs_override, help=epochs_help)
+        @click.option("--epochs", type=int, default=None, callback=zero_is_none, help=epochs_help)
         @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
         @tracking_options
         def command(config, epochs, device, tracking_uri, experiment):

@@ -14,8 +14,7 @@ import time
 import click
 import torch
 
-from entrypoints.cifar import auto_is_none, zero_is_none
-from entrypoints.common import print_where, resolve_device, start, tracking_options
+from entrypoints.common import auto_is_none, print_where, resolve_device, start, tracking_options, zero_is_none
 from entrypoints.part1 import load_part1_config
 
 ALL_GRIDS = "test_run,exp1_1,exp1_2,exp1_3,exp1_4,exp2"

@@ -7,7 +7,7 @@ probability). `select_roc_thresh` picks the threshold whose ROC point is closest
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 import torch

@@ -55,3 +55,15 @@ def test_generated_files_are_ignored():
     ignored = (PROJECT_ROOT / ".gitignore").read_text().split()
     for pattern in ("mlruns/", "mlflow.db", "results/", "checkpoints/", "*.pt", "cifar-10-batches-py/"):
         assert pattern in ignored
+
+
+def test_programme_hp_readers_read_the_configs():
+    """part1_arch_hp / part1_optim_hp / part2_optim_hp keep the programme's keys, read from configs/."""
+    from torch import nn
+
+    from training.config import part1_arch_hp, part1_optim_hp, part2_optim_hp
+
+    assert set(part1_arch_hp()) == {"n_layers", "hidden_dims", "activation", "out_activation"}
+    for hp in (part1_optim_hp(), part2_optim_hp()):
+        assert set(hp) == {"lr", "weight_decay", "momentum", "loss_fn"} and isinstance(hp["loss_fn"], nn.Module)
+    assert part2_optim_hp()["lr"] == 0.001

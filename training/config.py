@@ -37,12 +37,6 @@ def config_hash(config: Dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def require_keys(section: Dict[str, Any], keys, where: str) -> None:
-    missing = [k for k in keys if k not in section]
-    if missing:
-        raise ValueError(f"{where} is missing keys {missing}")
-
-
 # The programme's hyper-parameter readers (hw2/answers.py), now thin views of configs/part1.yaml.
 def part1_arch_hp() -> Dict[str, Any]:
     fc = load_config("part1")["first_classifier"]

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
-import tempfile
 import time
 from typing import Any, Dict, Iterator, Mapping, Optional
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from training.config import config_hash  # noqa: F401  (re-exported: runs are tagged with it)
@@ -179,10 +177,6 @@ def log_figure(fig, artifact_file: str, close: bool = True) -> None:
         plt.close(fig)
 
 
-def log_dict_artifact(obj: Any, artifact_file: str) -> None:
-    mlflow.log_dict(obj, artifact_file)
-
-
 def log_torch_model(model, input_example, name: str = "model") -> None:
     """Log the final model once. Explicit pip requirements skip MLflow's slow inference (~6 s)."""
     import mlflow.pytorch
@@ -200,6 +194,3 @@ def find_runs(filter_string: str, experiment_names: Optional[list] = None) -> "A
         return mlflow.search_runs(experiment_names=experiment_names, **kwargs)
     return mlflow.search_runs(search_all_experiments=True, **kwargs)
 
-
-def is_finite(x: float) -> bool:
-    return x is not None and math.isfinite(x)
