@@ -15,6 +15,7 @@ Everything here is device agnostic: models are built on the CPU and moved with `
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -495,6 +496,44 @@ class ZeroInitResidual(nn.Module):
         return x + self.branch(x)
 
 
+class PatchWhitening(nn.Module):
+    """airbench's stem: a frozen 2x2 conv whose filters whiten the training set's 2x2 patches.
+
+    The filters are the eigenvectors of the patch covariance scaled by 1/sqrt(eigenvalue + eps),
+    each with its negation (so a following GELU keeps both signs): 2 * C * 4 = 24 channels for
+    RGB. Decorrelated inputs make the first learnt layers far better conditioned, which is most
+    of what a 10-epoch budget needs. `init_from_data(images)` sets the filters (the experiment
+    calls it with the first training images); until then they are a frozen random init. Only
+    the bias learns (it is in the optimiser's bias group, see training.optim.param_groups).
+    Output maps are one pixel smaller (no padding): 32x32 -> 31x31.
+    """
+
+    lr_scaled_bias = True
+
+    def __init__(self, in_channels: int, patch_size: int = 2, eps: float = 5e-4):
+        super().__init__()
+        self.patch_size, self.eps = patch_size, eps
+        self.out_channels = 2 * in_channels * patch_size ** 2
+        self.conv = nn.Conv2d(in_channels, self.out_channels, patch_size, padding=0, bias=True)
+        self.conv.weight.requires_grad_(False)
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor) -> None:
+        """images: (N, C, H, W), normalised as the model will see them."""
+        c, k = images.shape[1], self.patch_size
+        if c != self.conv.in_channels:
+            raise ValueError(f"whitening expects {self.conv.in_channels}-channel images, got shape {tuple(images.shape)}")
+        patches = images.float().unfold(2, k, 1).unfold(3, k, 1).transpose(1, 3).reshape(-1, c * k * k)
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance.double())
+        eigenvalues, eigenvectors = eigenvalues.flip(0).float(), eigenvectors.T.flip(0).float()
+        filters = (eigenvectors / torch.sqrt(eigenvalues.clamp_min(0) + self.eps)[:, None]).reshape(-1, c, k, k)
+        self.conv.weight.copy_(torch.cat([filters, -filters]).to(self.conv.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
 class Stage(nn.Sequential):
     """One width: ConvPoolBNAct entry, then the remaining n_convs-1 convs as residual pairs
     (an odd one left over becomes a single-conv residual), so the stage has exactly n_convs convs."""
@@ -525,14 +564,19 @@ class YourCNN(CNN):
 
     Extra keyword parameters (beyond the CNN API):
         width_mult: scales every width in `channels` (2 turns K=[32,64,128] into 64/128/256).
-        stem: add the full-resolution stem conv (its width is the first stage's).
+        stem: "conv" (a full-resolution conv3x3-BN-act, the first stage's width; True means this),
+            "whiten" (PatchWhitening -> act, airbench's frozen patch-whitening stem) or "none" (False).
+        dirac_init: start every stage conv as a partial identity (the first min(in, out) output
+            channels copy their input channel), as airbench does; the rest keep Kaiming init.
         head_pool: "max" or "avg" global pooling before the head.
         logit_scale: multiplies the logits (1/8 as in ResNet-9 / airbench: a cooler softmax
             at init and a smaller effective learning rate for the head).
         dropout: Dropout before the head (only created when > 0).
         bn_momentum: BatchNorm momentum (PyTorch convention).
         zero_init_residual: start each residual branch's last BN weight at 0.
-        tta_flip: in eval mode, average the logits of the input and its horizontal mirror.
+        tta: test-time augmentation in eval mode: "none", "mirror" (mean logits of the image and
+            its mirror) or "mirror_translate" (airbench's 6 views: mirror pairs of the image and of
+            two 1-pixel reflect-padded translations). Switch it off for a while with `tta_off`.
     """
 
     _allow_empty_hidden_dims = True
@@ -541,17 +585,18 @@ class YourCNN(CNN):
                  hidden_dims: Sequence[int], conv_params: Optional[Dict[str, Any]] = None,
                  activation_type: ActivationSpec = "gelu", activation_params: Optional[Dict[str, Any]] = None,
                  pooling_type: str = "max", pooling_params: Optional[Dict[str, Any]] = None, *,
-                 width_mult: float = 1.0, stem: bool = True, head_pool: str = "max", logit_scale: float = 0.125,
-                 dropout: float = 0.0, bn_momentum: float = 0.1, zero_init_residual: bool = True,
-                 tta_flip: bool = False):
+                 width_mult: float = 1.0, stem: Union[bool, str] = "conv", head_pool: str = "max",
+                 logit_scale: float = 0.125, dropout: float = 0.0, bn_momentum: float = 0.1,
+                 zero_init_residual: bool = True, dirac_init: bool = False, tta: str = "none"):
         self.width_mult = width_mult
-        self.stem = stem
+        self.stem = {True: "conv", False: "none"}.get(stem, stem) if isinstance(stem, bool) else stem
+        self.dirac_init = dirac_init
         self.head_pool = head_pool
         self.logit_scale = logit_scale
         self.dropout = dropout
         self.bn_momentum = bn_momentum
         self.zero_init_residual = zero_init_residual
-        self.tta_flip = tta_flip
+        self.tta = tta
         super().__init__(in_size, out_classes, channels, pool_every, hidden_dims, conv_params=conv_params,
                          activation_type=activation_type, activation_params=activation_params,
                          pooling_type=pooling_type, pooling_params=pooling_params)
@@ -564,6 +609,10 @@ class YourCNN(CNN):
     def _check_args(self) -> None:
         if isinstance(self.width_mult, bool) or not isinstance(self.width_mult, (int, float)) or self.width_mult <= 0:
             raise ValueError(f"width_mult must be a positive number, got {self.width_mult!r}")
+        if self.stem not in YOURCNN_STEMS:
+            raise ValueError(f"stem must be one of {list(YOURCNN_STEMS)} (or True/False), got {self.stem!r}")
+        if self.tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {list(TTA_MODES)}, got {self.tta!r}")
         if self.head_pool not in ("max", "avg"):
             raise ValueError(f"head_pool must be 'max' or 'avg', got {self.head_pool!r}")
         if not isinstance(self.logit_scale, (int, float)) or not self.logit_scale > 0:
@@ -576,6 +625,8 @@ class YourCNN(CNN):
     def _check_feature_maps(self) -> None:
         """One pool per stage: walk it with size-preserving convs and pool_every = each stage's length."""
         size: Size2d = (self.in_size[1], self.in_size[2])
+        if self.stem == "whiten":  # the 2x2 whitening conv has no padding
+            size = (size[0] - 1, size[1] - 1)
         for i, (width, _) in enumerate(self.stages, start=1):
             size = pool_output_size(size, **self.pooling_params)
             if min(size) < 1:
@@ -588,13 +639,21 @@ class YourCNN(CNN):
     def _make_feature_extractor(self) -> nn.Sequential:
         layers: List[nn.Module] = []
         in_channels = self.in_size[0]
-        if self.stem:
+        if self.stem == "conv":
             stem_width = self.stages[0][0]
             layers.append(ConvBNAct(in_channels, stem_width, self._make_activation(), self.bn_momentum))
             in_channels = stem_width
+        elif self.stem == "whiten":
+            whitening = PatchWhitening(in_channels)
+            layers += [whitening, self._make_activation()]
+            in_channels = whitening.out_channels
         for width, n_convs in self.stages:
-            layers.append(Stage(in_channels, width, n_convs, self._make_pool(), self._make_activation,
-                                self.bn_momentum, self.zero_init_residual))
+            stage = Stage(in_channels, width, n_convs, self._make_pool(), self._make_activation, self.bn_momentum,
+                          self.zero_init_residual)
+            if self.dirac_init:
+                for conv in (m for m in stage.modules() if isinstance(m, nn.Conv2d)):
+                    nn.init.dirac_(conv.weight.data[:min(conv.in_channels, conv.out_channels)])
+            layers.append(stage)
             in_channels = width
         layers += [nn.AdaptiveMaxPool2d(1) if self.head_pool == "max" else nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         if self.dropout > 0:
@@ -604,8 +663,34 @@ class YourCNN(CNN):
     def _scores(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.feature_extractor(x)) * self.logit_scale
 
+    def _mirror_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (self._scores(x) + self._scores(torch.flip(x, dims=[-1])))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw class scores; with tta_flip in eval mode, the mean over x and its mirror image."""
-        if self.tta_flip and not self.training:
-            return 0.5 * (self._scores(x) + self._scores(torch.flip(x, dims=[-1])))
-        return self._scores(x)
+        """Raw class scores; in eval mode averaged over the views that `tta` names."""
+        if self.training or self.tta == "none":
+            return self._scores(x)
+        scores = self._mirror_scores(x)
+        if self.tta == "mirror":
+            return scores
+        h, w = x.shape[-2:]
+        padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        translated = 0.5 * (self._mirror_scores(padded[..., :h, :w]) + self._mirror_scores(padded[..., 2:, 2:]))
+        return 0.5 * scores + 0.5 * translated
+
+
+YOURCNN_STEMS = ("conv", "whiten", "none")
+TTA_MODES = ("none", "mirror", "mirror_translate")
+
+
+@contextlib.contextmanager
+def tta_off(model: nn.Module):
+    """Evaluate without test-time augmentation inside the block (e.g. cheap per-epoch validation)."""
+    saved = [(m, m.tta) for m in model.modules() if isinstance(m, YourCNN)]
+    try:
+        for m, _ in saved:
+            m.tta = "none"
+        yield model
+    finally:
+        for m, tta in saved:
+            m.tta = tta

@@ -107,7 +107,7 @@ def test_every_grid_runs_end_to_end(mlflow_store, fake_cifar10, tmp_path, grid):
     overrides = small_overrides(fake_cifar10, out_dir=str(tmp_path / "results"))
     overrides["out_dir"] = overrides["options"].pop("out_dir")
     if grid == "exp2":  # keep the CPU test small: the real config is 128-512 channels wide
-        overrides["options"]["model_kwargs"] = {"width_mult": 0.25, "tta_flip": True}
+        overrides["options"]["model_kwargs"] = {"width_mult": 0.25, "tta": "mirror_translate", "stem": "whiten", "dirac_init": True}
     if grid == "test_run":
         overrides.pop("bs_train")
     outcome = run_grid(grid, overrides)

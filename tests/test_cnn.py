@@ -524,9 +524,9 @@ def test_yourcnn_gradient_norm_at_init_does_not_grow_with_depth():
     assert _init_grad_norm(30, zero_init_residual=False) / _init_grad_norm(3, zero_init_residual=False) > 3
 
 
-def test_yourcnn_tta_flip_averages_mirrored_logits_in_eval_only():
+def test_yourcnn_mirror_tta_averages_mirrored_logits_in_eval_only():
     torch.manual_seed(0)
-    model = YourCNN(IN, 10, [8, 8, 16], 1, [], tta_flip=True)
+    model = YourCNN(IN, 10, [8, 8, 16], 1, [], tta="mirror")
     x = torch.randn(2, *IN)
     model.eval()
     with torch.no_grad():
@@ -543,7 +543,7 @@ def test_yourcnn_tta_flip_averages_mirrored_logits_in_eval_only():
 
 @pytest.mark.parametrize("make", [lambda: CNN(IN, 10, [8, 16], 1, [16]),
                                   lambda: ResNet(IN, 10, [8, 16], 1, [16], batchnorm=True),
-                                  lambda: YourCNN(IN, 10, [8, 8, 16, 16], 1, [], tta_flip=True)])
+                                  lambda: YourCNN(IN, 10, [8, 8, 16, 16], 1, [], tta="mirror")])
 def test_channels_last(make):
     torch.manual_seed(0)
     model = make().eval()

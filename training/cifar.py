@@ -383,6 +383,11 @@ class DeviceLoader:
                 x = translate_flip(x, shift_y[sl], shift_x[sl], flip[sl], self.pad_mode)
             yield self._normalise(x), self.labels[idx]
 
+    def first_images(self, n: int) -> torch.Tensor:
+        """The first n images in storage order, normalised and unaugmented (for data-dependent
+        initialisation such as YourCNN's patch whitening)."""
+        return self._normalise(self.images[:n])
+
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float32).mul_(self._scale).add_(self._shift).to(self.dtype)  # in place: one allocation
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

@@ -6,6 +6,7 @@ scheduler, RNG, loader, early-stopping counter), so its metric steps stay contig
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -17,6 +18,8 @@ import torch
 from training.config import config_hash
 from training.results import FitResult
 from training.results_io import experiment_name, save_experiment
+from models.cnn import tta_off
+from training.lookahead import Lookahead
 from training.trainer import BatchLimit, ClassifierTrainer, load_checkpoint
 
 
@@ -44,11 +47,18 @@ class Settings:
     optimizer: str = "adam"
     momentum: float = 0.9
     nesterov: bool = False
+    bias_lr_scale: float = 1.0         # normalisation biases: lr x this, weight decay / this (airbench: 64)
     lr_schedule: str = "none"
     warmup_frac: float = 0.2
+    lr_start_frac: float = 0.0         # linear_warmup_decay starts at this x lr ...
+    lr_end_frac: float = 0.0           # ... and ends at this x lr
+    lookahead_every: int = 0           # > 0: lookahead-EMA every this many steps (training.lookahead)
+    lookahead_decay: float = 0.95
     label_smoothing: float = 0.0
     grad_clip: Optional[float] = None
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    whiten_images: int = 5000          # training images that set a data-dependent init (YourCNN stem: whiten)
+    valid_tta: bool = False            # test-time augmentation on the per-epoch validation too (else final test only)
     # execution (do not change results, so not part of the config hash)
     amp: str = "auto"                  # auto: bf16 autocast on CUDA, off on CPU | bf16 | fp16 | off
     channels_last: str = "auto"        # auto: on CUDA and CPU (conv nets gain 15-30 %) | on | off
@@ -83,6 +93,16 @@ class Settings:
         check_optimizer_spec(self.optimizer_spec(lr=1.0, reg=0.0))
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; valid: {list(SCHEDULES)}")
+        for name in ("warmup_frac", "lr_start_frac", "lr_end_frac"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 \
+                    or (name == "warmup_frac" and value == 1.0):
+                raise ValueError(f"{name} must be a number in [0, 1{')' if name == 'warmup_frac' else ']'}, "
+                                 f"got {value!r}")
+        _check_int("lookahead_every", self.lookahead_every, 0)
+        _check_int("whiten_images", self.whiten_images, 1)
+        if not 0.0 < float(self.lookahead_decay) < 1.0:
+            raise ValueError(f"lookahead_decay must be in (0, 1), got {self.lookahead_decay!r}")
         make_loss("cross_entropy", self.label_smoothing)
         for name, value, valid in (("amp", self.amp, ("auto", "bf16", "fp16", "off")),
                                    ("channels_last", self.channels_last, ("auto", "on", "off"))):
@@ -90,7 +110,7 @@ class Settings:
                 raise ValueError(f"{name} must be one of {list(valid)}, got {value!r}")
 
     def optimizer_spec(self, lr: float, reg: float) -> Dict[str, Any]:
-        spec = dict(name=self.optimizer, lr=lr, weight_decay=reg)
+        spec = dict(name=self.optimizer, lr=lr, weight_decay=reg, bias_lr_scale=self.bias_lr_scale)
         if self.optimizer == "sgd":
             spec.update(momentum=self.momentum, nesterov=self.nesterov)
         return spec
@@ -245,12 +265,17 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
         split_seed=settings.split_seed, crop_padding=settings.crop_padding)
     dl_train_epoch = BatchLimit(dl_train, batches)
     model = model.to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    optimizer = make_optimizer(model.parameters(), settings.optimizer_spec(lr, reg))
+    for module in model.modules():  # data-dependent init (YourCNN's whitening stem), before any snapshot
+        if hasattr(module, "init_from_data"):
+            module.init_from_data(dl_train.first_images(settings.whiten_images))
+    optimizer = make_optimizer(model, settings.optimizer_spec(lr, reg))
     scheduler, interval = make_scheduler(optimizer, settings.lr_schedule, epochs, len(dl_train_epoch),
-                                         settings.warmup_frac)
+                                         settings.warmup_frac, settings.lr_start_frac, settings.lr_end_frac)
+    lookahead = Lookahead(model, epochs * len(dl_train_epoch), settings.lookahead_every, settings.lookahead_decay) \
+        if settings.lookahead_every else None
     trainer = ClassifierTrainer(model, make_loss("cross_entropy", settings.label_smoothing), optimizer, device=dev,
                                 scheduler=scheduler, scheduler_interval=interval, amp_dtype=_amp_dtype(settings, dev),
-                                grad_clip=settings.grad_clip)
+                                grad_clip=settings.grad_clip, lookahead=lookahead)
 
     def train_and_test(on_epoch_end=None) -> tuple:
         t0 = time.perf_counter()
@@ -261,8 +286,9 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
             if on_epoch_end is not None:
                 on_epoch_end(metrics)
 
-        fit = trainer.fit(dl_train_epoch, dl_valid, epochs, checkpoints=state_base, early_stopping=early_stopping,
-                          print_every=settings.print_every, resume=not settings.restart, on_epoch_end=record)
+        with contextlib.nullcontext() if settings.valid_tta else tta_off(model):
+            fit = trainer.fit(dl_train_epoch, dl_valid, epochs, checkpoints=state_base, early_stopping=early_stopping,
+                              print_every=settings.print_every, resume=not settings.restart, on_epoch_end=record)
         model.load_state_dict(load_checkpoint(state_base, map_location=dev))
         test = trainer.test_epoch(dl_test, verbose=False)
         final = dict(test_acc=test.accuracy, test_loss=sum(test.losses) / len(test.losses),

@@ -1,7 +1,7 @@
 """Optimisers, schedules and losses built from config dicts, validated before any training."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -32,20 +32,49 @@ def check_optimizer_spec(spec: Mapping[str, Any]) -> dict:
         raise ValueError(f"unknown optimizer {name!r}; valid: {list(OPTIMIZERS)}")
     out = dict(name=name, lr=_number(spec, "lr", 1e-3, 0.0, lo_open=True),
                weight_decay=_number(spec, "weight_decay", 0.0, 0.0))
+    out["bias_lr_scale"] = _number(spec, "bias_lr_scale", 1.0, 0.0, lo_open=True)
     if name == "sgd":
         out["momentum"] = _number(spec, "momentum", 0.0, 0.0, 1.0)
         out["nesterov"] = bool(spec.get("nesterov", False))
         if out["nesterov"] and out["momentum"] == 0:
             raise ValueError("nesterov=True needs momentum > 0")
-    unknown = set(spec) - {"name", "lr", "weight_decay", "momentum", "nesterov"}
+    valid = ("name", "lr", "weight_decay", "bias_lr_scale", "momentum", "nesterov")
+    unknown = set(spec) - set(valid)
     if unknown:
-        raise ValueError(f"unknown optimizer settings {sorted(unknown)}; valid: name, lr, weight_decay, momentum, nesterov")
+        raise ValueError(f"unknown optimizer settings {sorted(unknown)}; valid: {', '.join(valid)}")
     return out
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], spec: Mapping[str, Any]) -> torch.optim.Optimizer:
+def param_groups(model: nn.Module, lr: float, weight_decay: float, bias_lr_scale: float = 1.0) -> List[Dict[str, Any]]:
+    """One group, or airbench's two: normalisation (and whitening) biases learn `bias_lr_scale`
+    times faster with weight decay divided by it, so their per-step decay (lr x wd) is the same.
+
+    Why: those biases only shift activations; a high rate lets them track the fast-moving
+    statistics of a short, high-lr schedule. Frozen parameters are left out.
+    """
+    fast_ids = set()
+    if bias_lr_scale != 1.0:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) or getattr(module, "lr_scaled_bias", False):
+                for bias in (getattr(module, "bias", None), getattr(getattr(module, "conv", None), "bias", None)):
+                    if isinstance(bias, nn.Parameter):
+                        fast_ids.add(id(bias))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [dict(params=[p for p in trainable if id(p) not in fast_ids], lr=lr, weight_decay=weight_decay)]
+    if fast_ids:
+        groups.append(dict(params=[p for p in trainable if id(p) in fast_ids], lr=lr * bias_lr_scale,
+                           weight_decay=weight_decay / bias_lr_scale))
+    return groups
+
+
+def make_optimizer(params: Union[nn.Module, Iterable[torch.nn.Parameter]], spec: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """The optimizer a spec names. Pass the model (not its parameters) to use bias_lr_scale."""
     spec = check_optimizer_spec(spec)
-    name = spec.pop("name")
+    name, bias_lr_scale = spec.pop("name"), spec.pop("bias_lr_scale")
+    if isinstance(params, nn.Module):
+        params = param_groups(params, spec["lr"], spec["weight_decay"], bias_lr_scale)
+    elif bias_lr_scale != 1.0:
+        raise ValueError("bias_lr_scale needs the model (to find its normalisation biases), not a parameter list")
     if name == "sgd":
         return torch.optim.SGD(params, **spec)
     return {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name](params, **spec)
@@ -65,11 +94,18 @@ def make_loss(name: str = "cross_entropy", label_smoothing: float = 0.0, out_act
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int, steps_per_epoch: int,
-                   warmup_frac: float = 0.2):
+                   warmup_frac: float = 0.2, start_frac: float = 0.0, end_frac: float = 0.0):
     """(scheduler, interval) for a named schedule over `epochs` epochs of `steps_per_epoch` batches.
 
     cosine steps per epoch; onecycle and linear_warmup_decay (airbench-style triangle) per batch.
+    linear_warmup_decay rises linearly from start_frac x lr to lr over warmup_frac of the steps,
+    then falls linearly to end_frac x lr (airbench94: 0.2, 0.23, 0.07).
     """
+    for key, value in (("start_frac", start_frac), ("end_frac", end_frac)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"lr schedule {key} must be in [0, 1], got {value!r}")
+    if not 0.0 <= warmup_frac < 1.0:
+        raise ValueError(f"warmup_frac must be in [0, 1), got {warmup_frac!r}")
     if name not in SCHEDULES:
         raise ValueError(f"unknown lr schedule {name!r}; valid: {list(SCHEDULES)}")
     if name == "none":
@@ -85,9 +121,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int, ste
                                                    pct_start=warmup_frac), "batch"
     warm = max(1, int(warmup_frac * total))
 
-    def factor(step: int) -> float:  # linear warm-up, then linear decay to 0
+    def factor(step: int) -> float:  # linear warm-up, then linear decay
         if step < warm:
-            return (step + 1) / warm
-        return max(0.0, (total - step) / max(1, total - warm))
+            return start_frac + (1.0 - start_frac) * (step + 1) / warm
+        return end_frac + (1.0 - end_frac) * max(0.0, (total - step) / max(1, total - warm))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "batch"

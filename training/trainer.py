@@ -208,10 +208,11 @@ class ClassifierTrainer(Trainer):
     def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                  device: Optional[torch.device | str] = None, scheduler=None, scheduler_interval: str = "epoch",
                  amp_dtype: Optional[torch.dtype] = None, grad_clip: Optional[float] = None,
-                 augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+                 augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, lookahead=None):
         """scheduler_interval: step the scheduler per "epoch" or per "batch".
         amp_dtype: autocast dtype on CUDA (e.g. torch.bfloat16); ignored on CPU, where it is slow.
-        augment: a batch transform applied to training inputs only, on the device."""
+        augment: a batch transform applied to training inputs only, on the device.
+        lookahead: a training.lookahead.Lookahead over this model, stepped after each update."""
         super().__init__(model, device)
         if scheduler_interval not in ("epoch", "batch"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'batch', got {scheduler_interval!r}")
@@ -222,6 +223,7 @@ class ClassifierTrainer(Trainer):
         self.amp_dtype = amp_dtype
         self.grad_clip = grad_clip
         self.augment = augment
+        self.lookahead = lookahead
 
     def _to_device(self, batch):
         X, y = batch
@@ -245,6 +247,8 @@ class ClassifierTrainer(Trainer):
         if self.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
+        if self.lookahead is not None:
+            self.lookahead.step()
         if self.scheduler is not None and self.scheduler_interval == "batch":
             self.scheduler.step()
         return BatchResult(loss.detach().float(), self._num_correct(z, y))
@@ -274,6 +278,8 @@ class ClassifierTrainer(Trainer):
         state = {**super().state_dict(), "optimizer": self.optimizer.state_dict()}
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
+        if self.lookahead is not None:
+            state["lookahead"] = self.lookahead.state_dict()
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -281,6 +287,8 @@ class ClassifierTrainer(Trainer):
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.lookahead is not None and "lookahead" in state:
+            self.lookahead.load_state_dict(state["lookahead"])
 
 
 def load_checkpoint(filename: str, map_location: Any = "cpu") -> Dict[str, Any]:
