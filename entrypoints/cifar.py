@@ -21,6 +21,13 @@ def device_list(ctx, param, value):
     return [resolve_device(d.strip()) for d in value.split(",") if d.strip()] or None
 
 
+def name_list(ctx, param, value):
+    """'a,b' -> ['a', 'b']; '' or 'all' -> None (every configuration)."""
+    if value in (None, "", "all"):
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()] or None
+
+
 @click.group()
 def cli():
     """archlab Part 3: CIFAR-10 architecture experiments, tracked in MLflow."""
@@ -51,9 +58,11 @@ def cli():
 @click.option("--devices", default=None, callback=device_list,
               help="Comma-separated devices handed to the workers round-robin, e.g. cuda:0,cuda:1 "
                    "(overrides --device).")
+@click.option("--only", default=None, callback=name_list,
+              help="Comma-separated configurations to train (child run names, e.g. exp2_L3_K32-64-128); default all.")
 @tracking_options
 def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, download, device, out_dir, checkpoint_dir,
-         restart, allow_small, workers, devices, tracking_uri, experiment):
+         restart, allow_small, workers, devices, only, tracking_uri, experiment):
     """Run (or continue) experiment grid NAME: a parent run with one child run per configuration."""
     from training.grids import run_grid
 
@@ -65,7 +74,7 @@ def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, download, 
                      options={k: v for k, v in options.items() if v is not None})
     uri = start(tracking_uri, experiment)
     try:
-        run_grid(name, overrides, workers=workers, devices=devices)
+        run_grid(name, overrides, workers=workers, devices=devices, only=only)
     except (ValueError, FileNotFoundError) as e:
         raise click.UsageError(str(e)) from None
     print_where(uri)

@@ -104,18 +104,32 @@ def print_summary(name: str, outcome: Mapping[str, List[str]]) -> None:
           f"{len(outcome['diverged'])} diverged")
 
 
+def select_runs(runs: List[Dict[str, Any]], only: Optional[Sequence[str]]) -> List[Dict[str, Any]]:
+    """The configurations named in `only` (child run names such as exp2_L3_K32-64-128), all when None."""
+    from training.experiments import experiment_name_of
+
+    if not only:
+        return runs
+    names = [experiment_name_of(kwargs) for kwargs in runs]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise ValueError(f"--only names {unknown} are not configurations of this grid; valid: {names}")
+    return [kwargs for kwargs, n in zip(runs, names) if n in only]
+
+
 def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, workers: int = 1,
-             devices: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+             devices: Optional[Sequence[str]] = None, only: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run (or continue) grid `name` as one parent run with a child per configuration.
 
     workers > 1 (or a devices list): the configurations train in parallel worker processes
-    (training.parallel); otherwise one after the other in this process."""
+    (training.parallel); otherwise one after the other in this process.
+    only: train just these configurations (child run names); the rest stay as they are."""
     from training.cnn_experiment import cnn_experiment
     from training.experiments import experiment_name_of
     from training.trainer import NonFiniteLossError
 
     cfg = load_grid_config(name)
-    runs = expand_grid(cfg, overrides)
+    runs = select_runs(expand_grid(cfg, overrides), only)
     check_grid(runs)
     if workers > 1 or devices:
         from training.parallel import run_grid_parallel
