@@ -41,7 +41,7 @@ def test_patch_whitening_decorrelates_training_patches():
 def test_whiten_stem_shrinks_maps_by_one_and_is_checked():
     model = YourCNN(IN, 10, [8, 16, 32], 1, [], stem="whiten")
     assert model(torch.randn(2, *IN)).shape == (2, 10)
-    assert YourCNN(IN, 10, [8, 16, 32, 64, 128], 1, [])(torch.randn(1, *IN)).shape == (1, 10)  # 32 -> 1: fine
+    assert YourCNN(IN, 10, [8, 16, 32, 64, 128], 1, [])(torch.randn(2, *IN)).shape == (2, 10)  # 32 -> 1: fine
     with pytest.raises(ValueError, match="stem must be one of"):
         YourCNN(IN, 10, [8], 1, [], stem="patch")
 
