@@ -77,11 +77,16 @@ def trend(pairs: Sequence[Tuple[Any, float]], name: str, flat_within: float = 1.
     return f"{shape}; {listing(pairs, name)}"
 
 
+PART1_COMMANDS = {"first_classifier": "first-classifier", "mlp_grid": "mlp-grid"}
+
+
 def missing_note(grid: str, experiment: Optional[str]) -> str:
     where = f" of experiment `{experiment}`" if experiment else ""
+    direct = (f"python -m entrypoints.part1 {PART1_COMMANDS[grid]}" if grid in PART1_COMMANDS
+              else f"python -m entrypoints.cifar grid {grid}")
     return (f"**`{grid}` has not been run in this store{where}** (no finished configuration was found), "
             f"so this part cannot be answered from measurements; run it (`mlflow run . -e {grid}` or "
-            f"`python -m entrypoints.cifar grid {grid}`) and rebuild the report.")
+            f"`{direct}`) and rebuild the report.")
 
 
 def bullet(lines: List[str]) -> str:

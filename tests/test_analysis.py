@@ -336,3 +336,11 @@ def test_answers_cover_every_cifar_experiment_when_present(mlflow_store, tmp_pat
     # paired comparisons: plain vs residual at equal K and L, shared 1.1/1.2 configurations
     assert "L8_K32: plain exp1_1" in md and "L2_K64-128-256: plain exp1_3" in md
     assert "configurations appear in both experiments with the same recipe" in md
+
+
+def test_missing_note_names_the_command_that_runs_the_missing_part():
+    from analysis.text import missing_note
+
+    assert "python -m entrypoints.part1 first-classifier" in missing_note("first_classifier", None)
+    assert "python -m entrypoints.part1 mlp-grid" in missing_note("mlp_grid", "archlab")
+    assert "python -m entrypoints.cifar grid exp1_2" in missing_note("exp1_2", None)
