@@ -80,6 +80,91 @@ def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, download, 
     print_where(uri)
 
 
+def one_config_options(f):
+    """The per-configuration overrides shared by `config` and `submit` (a subset of grid's)."""
+    for opt in reversed([
+        click.option("--epochs", type=int, default=None, callback=zero_is_none, help="Max epochs per configuration."),
+        click.option("--batches", type=int, default=None, callback=zero_is_none, help="Training batches per epoch."),
+        click.option("--bs-train", type=int, default=None, callback=zero_is_none, help="Training batch size."),
+        click.option("--n-train", type=int, default=None, callback=zero_is_none, help="Training images (subset)."),
+        click.option("--n-valid", type=int, default=None, callback=zero_is_none, help="Validation images."),
+        click.option("--data-dir", default=None, callback=auto_is_none,
+                     help="Folder holding cifar-10-batches-py (on Kubernetes: the path inside the pod)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N"),
+        click.option("--out-dir", default=None, help="Where the results JSON files go (default ./results)."),
+        click.option("--checkpoint-dir", default=None, help="Where training states live (default checkpoints)."),
+        click.option("--restart", type=click.BOOL, default=False, show_default=True,
+                     help="true: train afresh even if the configuration finished."),
+        click.option("--allow-small", type=click.BOOL, default=False, show_default=True,
+                     help="true: allow fewer than 30000 train / 5000 validation images (smoke runs)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, device, out_dir, checkpoint_dir,
+                         restart, allow_small) -> dict:
+    options = dict(n_train=n_train, n_valid=n_valid, data_dir=data_dir, restart=restart or None,
+                   allow_small=allow_small or None, checkpoint_dir=checkpoint_dir)
+    return dict(epochs=epochs, batches=batches, bs_train=bs_train, device=device, out_dir=out_dir,
+                options={k: v for k, v in options.items() if v is not None})
+
+
+@cli.command("config")
+@click.argument("name", type=click.Choice(GRIDS))
+@click.argument("config_name")
+@click.option("--overrides", default="none", show_default=True,
+              help="Comma-separated key=value overrides, e.g. epochs=2,bs_train=64,options.n_train=30000.")
+@tracking_options
+def config(name, config_name, overrides, tracking_uri, experiment):
+    """Train configuration CONFIG_NAME (e.g. exp1_1_L2_K32) of grid NAME: the MLproject `config` entry
+    point that `submit` runs once per configuration (under `mlflow run`, the project run is its run)."""
+    from training.submit import decode_overrides, train_configuration
+
+    uri = start(tracking_uri, experiment)
+    try:
+        kw = decode_overrides(overrides)
+        if kw.get("device") is not None:
+            kw["device"] = resolve_device(kw["device"])
+        train_configuration(name, config_name, kw)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.UsageError(str(e)) from None
+    print_where(uri)
+
+
+@cli.command("submit")
+@click.argument("name", type=click.Choice(GRIDS))
+@click.option("--backend", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True,
+              help="MLflow Projects backend running each configuration.")
+@click.option("--backend-config", default=None, type=click.Path(dir_okay=False),
+              help="Kubernetes backend config JSON (e.g. deploy/kubernetes/backend-config.json).")
+@click.option("--project-uri", default=None,
+              help="MLflow project to run (default: this repository; deploy/kubernetes for kubernetes).")
+@click.option("--only", default=None, callback=name_list,
+              help="Comma-separated configurations to submit (child run names); default all.")
+@one_config_options
+@tracking_options
+def submit(name, backend, backend_config, project_uri, only, epochs, batches, bs_train, n_train, n_valid, data_dir,
+           device, out_dir, checkpoint_dir, restart, allow_small, tracking_uri, experiment):
+    """Submit grid NAME as one MLflow project run per configuration (children of one parent run) on
+    the chosen backend: local, or kubernetes (docker_env project, one Job each; deploy/kubernetes)."""
+    from training.submit import submit_grid
+
+    overrides = one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir,
+                                     None if device in (None, "", "auto") else device, out_dir, checkpoint_dir,
+                                     restart, allow_small)
+    uri = start(tracking_uri, experiment)
+    try:
+        summary = submit_grid(name, overrides, backend=backend, backend_config=backend_config,
+                              project_uri=project_uri, only=only)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise click.UsageError(str(e)) from None
+    for r in summary["runs"]:
+        click.echo(f"  {r['status']:9s} {r['name']}  run {r['run_id']}")
+    print_where(uri)
+    if summary["failed"]:
+        raise SystemExit(1)
+
 def run_exp_parser() -> argparse.ArgumentParser:
     """The programme's run-exp options (argparse: -K and -H take several values)."""
     p = argparse.ArgumentParser(prog="python -m entrypoints.cifar run-exp",
