@@ -194,10 +194,11 @@ def submit_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, backen
     Kubernetes JSON file or dict (validate_kubernetes_config). project_uri: default the repository
     (local) or deploy/kubernetes (its docker_env MLproject). env_manager: for the local backend
     (default "local": this environment). Returns {"parent_run_id", "runs": [{name, run_id, status}],
-    "finished", "failed"}."""
+    "finished", "skipped", "failed"} (skipped: the project run found the configuration already done)."""
     import mlflow
     from mlflow.exceptions import ExecutionException
 
+    from training import tracking
     from training.experiments import experiment_name_of
     from training.grids import expand_grid, grid_parent_run, load_grid_config, print_summary, select_runs
 
@@ -224,7 +225,8 @@ def submit_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, backen
     if backend == "kubernetes":
         _require_packages(["docker", "kubernetes"], "the kubernetes backend")
 
-    summary: Dict[str, Any] = {"grid": name, "backend": backend, "runs": [], "finished": [], "failed": []}
+    summary: Dict[str, Any] = {"grid": name, "backend": backend, "runs": [], "finished": [], "skipped": [],
+                               "failed": []}
     with grid_parent_run(name, cfg, runs) as parent:
         summary["parent_run_id"] = parent.info.run_id
         mlflow.set_tag("archlab.backend", backend)
@@ -248,9 +250,13 @@ def submit_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, backen
             if status is None:  # kubernetes: wait for every Job
                 status = "FINISHED" if sub.wait() else "FAILED"
             run_id = sub.run_id if sub is not None else _run_id_by_name(parent.info.run_id, n)
+            if status == "FINISHED" and run_id and mlflow.MlflowClient().get_run(run_id).data.tags.get(
+                    tracking.ROLE_TAG) == LAUNCHER_ROLE:
+                status = "SKIPPED"  # already finished (same config hash) or resumed in its earlier run
             summary["runs"].append({"name": n, "run_id": run_id, "status": status})
-            summary["finished" if status == "FINISHED" else "failed"].append(n)
-    print_summary(name, {"written": summary["finished"], "skipped": [], "diverged": summary["failed"]})
+            summary[{"FINISHED": "finished", "SKIPPED": "skipped"}.get(status, "failed")].append(n)
+    print_summary(name, {"written": summary["finished"], "skipped": summary["skipped"],
+                         "diverged": summary["failed"]})
     return summary
 
 
