@@ -18,7 +18,10 @@ def device_list(ctx, param, value):
     """'cuda:0,cuda:1' -> ['cuda:0', 'cuda:1'], each checked like --device; '' or 'auto' -> None."""
     if value in (None, "", "auto"):
         return None
-    return [resolve_device(d.strip()) for d in value.split(",") if d.strip()] or None
+    try:
+        return [resolve_device(d.strip()) for d in value.split(",") if d.strip()] or None
+    except click.BadParameter as e:  # name the option actually given
+        raise click.BadParameter(e.message, param_hint="--devices") from None
 
 
 def name_list(ctx, param, value):
@@ -78,6 +81,7 @@ def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, download, 
     except (ValueError, FileNotFoundError) as e:
         raise click.UsageError(str(e)) from None
     print_where(uri)
+
 
 
 def one_config_options(f):

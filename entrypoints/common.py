@@ -42,7 +42,28 @@ def start(tracking_uri: Optional[str], experiment: Optional[str]) -> str:
     if experiment:
         os.environ["ARCHLAB_EXPERIMENT"] = experiment
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-    return tracking.configure_tracking(tracking_uri)
+    try:
+        uri = tracking.configure_tracking(tracking_uri)
+    except ConnectionError as e:  # unreachable server: a one-line error, not a traceback
+        raise click.ClickException(str(e)) from None
+    check_tracking_scheme(uri)
+    return uri
+
+
+def check_tracking_scheme(uri: str) -> None:
+    """A URI whose scheme MLflow has no store for fails now, not when the first run opens."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+    except ImportError:  # private API moved: the first run will report it instead
+        return
+    try:
+        _tracking_store_registry.get_store_builder(uri)
+    except MlflowException:
+        raise click.BadParameter(f"tracking URI {uri!r}: MLflow has no store for the scheme "
+                                 f"{uri.split(':', 1)[0]!r}; use sqlite:///path.db, a folder, or "
+                                 f"http(s)://host:port of a tracking server", param_hint="--tracking-uri") from None
 
 
 def print_where(uri: str) -> None:

@@ -20,10 +20,10 @@ def load_part1_config(config: str):
     from training.config import load_config
     from training.part1 import check_part1_config
 
-    cfg = load_config(config)
     try:
+        cfg = load_config(config)
         check_part1_config(cfg)
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, FileNotFoundError) as e:
         raise click.UsageError(f"bad config {config!r}: {e}") from None
     return cfg
 

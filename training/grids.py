@@ -80,12 +80,22 @@ def check_grid(runs: List[Dict[str, Any]]) -> None:
 
     from training.cnn_experiment import cnn_experiment
 
+    from training.cifar import load_cifar10, split_indices
+
     rng = torch.get_rng_state()
     try:
         for kwargs in runs:
             cnn_experiment(**{**kwargs, "dry_run": True})
     finally:
         torch.set_rng_state(rng)
+    # the data itself: every file readable and valid, and each split fits (else the grid's parent
+    # run would open, and fail, before the first configuration found out)
+    n_available = {}
+    for kwargs in runs:
+        key = (kwargs.get("data_dir"), bool(kwargs.get("download")))
+        if key not in n_available:
+            n_available[key] = len(load_cifar10(*key).train_y)
+        split_indices(n_available[key], kwargs.get("n_train"), kwargs.get("n_valid", 5000), seed=0)
 
 
 @contextlib.contextmanager
