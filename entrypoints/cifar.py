@@ -36,56 +36,8 @@ def cli():
     """archlab Part 3: CIFAR-10 architecture experiments, tracked in MLflow."""
 
 
-@cli.command()
-@click.argument("name", type=click.Choice(GRIDS))
-@click.option("--epochs", type=int, default=None, callback=zero_is_none, help="Max epochs per configuration.")
-@click.option("--batches", type=int, default=None, callback=zero_is_none, help="Training batches per epoch.")
-@click.option("--bs-train", type=int, default=None, callback=zero_is_none, help="Training batch size.")
-@click.option("--n-train", type=int, default=None, callback=zero_is_none, help="Training images (subset).")
-@click.option("--n-valid", type=int, default=None, callback=zero_is_none, help="Validation images.")
-@click.option("--data-dir", default=None, callback=auto_is_none,
-              help="Folder holding cifar-10-batches-py (default: $ARCHLAB_DATA, else ~/.cache/archlab/data).")
-@click.option("--download/--no-download", default=False, show_default=True, help="Download CIFAR-10 when missing.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
-@click.option("--out-dir", default="./results", show_default=True, help="Where the results JSON files go.")
-@click.option("--checkpoint-dir", default="checkpoints", show_default=True,
-              help="Where training states live (what a rerun resumes from).")
-@click.option("--restart", type=click.BOOL, default=False, show_default=True,
-              help="true: train every configuration afresh. By default finished ones are skipped and "
-                   "interrupted ones resume.")
-@click.option("--allow-small", type=click.BOOL, default=False, show_default=True,
-              help="true: allow fewer than the programme's 30000 train / 5000 validation images (smoke runs).")
-@click.option("--workers", type=int, default=None, callback=zero_is_none,
-              help="Worker processes training configurations in parallel (default: one per --devices entry, "
-                   "else 1). On a local SQLite store a private MLflow server takes the writes.")
-@click.option("--devices", default=None, callback=device_list,
-              help="Comma-separated devices handed to the workers round-robin, e.g. cuda:0,cuda:1 "
-                   "(overrides --device).")
-@click.option("--only", default=None, callback=name_list,
-              help="Comma-separated configurations to train (child run names, e.g. exp2_L3_K32-64-128); default all.")
-@tracking_options
-def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, download, device, out_dir, checkpoint_dir,
-         restart, allow_small, workers, devices, only, tracking_uri, experiment):
-    """Run (or continue) experiment grid NAME: a parent run with one child run per configuration."""
-    from training.grids import run_grid
-
-    device = resolve_device(device)
-    workers = workers or len(devices or []) or 1
-    options = dict(n_train=n_train, n_valid=n_valid, data_dir=data_dir, download=download or None,
-                   restart=restart or None, allow_small=allow_small or None, checkpoint_dir=checkpoint_dir)
-    overrides = dict(epochs=epochs, batches=batches, bs_train=bs_train, device=device, out_dir=out_dir,
-                     options={k: v for k, v in options.items() if v is not None})
-    uri = start(tracking_uri, experiment)
-    try:
-        run_grid(name, overrides, workers=workers, devices=devices, only=only)
-    except (ValueError, FileNotFoundError) as e:
-        raise click.UsageError(str(e)) from None
-    print_where(uri)
-
-
-
 def one_config_options(f):
-    """The per-configuration overrides shared by `config` and `submit` (a subset of grid's)."""
+    """The per-configuration overrides shared by `grid` and `submit`."""
     for opt in reversed([
         click.option("--epochs", type=int, default=None, callback=zero_is_none, help="Max epochs per configuration."),
         click.option("--batches", type=int, default=None, callback=zero_is_none, help="Training batches per epoch."),
@@ -93,12 +45,15 @@ def one_config_options(f):
         click.option("--n-train", type=int, default=None, callback=zero_is_none, help="Training images (subset)."),
         click.option("--n-valid", type=int, default=None, callback=zero_is_none, help="Validation images."),
         click.option("--data-dir", default=None, callback=auto_is_none,
-                     help="Folder holding cifar-10-batches-py (on Kubernetes: the path inside the pod)."),
+                     help="Folder holding cifar-10-batches-py (default: $ARCHLAB_DATA, else ~/.cache/archlab/data; "
+                          "on Kubernetes: the path inside the pod)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N"),
         click.option("--out-dir", default=None, help="Where the results JSON files go (default ./results)."),
-        click.option("--checkpoint-dir", default=None, help="Where training states live (default checkpoints)."),
+        click.option("--checkpoint-dir", default=None,
+                     help="Where training states live, what a rerun resumes from (default checkpoints)."),
         click.option("--restart", type=click.BOOL, default=False, show_default=True,
-                     help="true: train afresh even if the configuration finished."),
+                     help="true: train afresh. By default finished configurations are skipped and interrupted "
+                          "ones resume."),
         click.option("--allow-small", type=click.BOOL, default=False, show_default=True,
                      help="true: allow fewer than 30000 train / 5000 validation images (smoke runs)."),
     ]):
@@ -112,6 +67,37 @@ def one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, 
                    allow_small=allow_small or None, checkpoint_dir=checkpoint_dir)
     return dict(epochs=epochs, batches=batches, bs_train=bs_train, device=device, out_dir=out_dir,
                 options={k: v for k, v in options.items() if v is not None})
+
+
+@cli.command()
+@click.argument("name", type=click.Choice(GRIDS))
+@one_config_options
+@click.option("--download/--no-download", default=False, show_default=True, help="Download CIFAR-10 when missing.")
+@click.option("--workers", type=int, default=None, callback=zero_is_none,
+              help="Worker processes training configurations in parallel (default: one per --devices entry, "
+                   "else 1). On a local SQLite store a private MLflow server takes the writes.")
+@click.option("--devices", default=None, callback=device_list,
+              help="Comma-separated devices handed to the workers round-robin, e.g. cuda:0,cuda:1 "
+                   "(overrides --device).")
+@click.option("--only", default=None, callback=name_list,
+              help="Comma-separated configurations to train (child run names, e.g. exp2_L3_K32-64-128); default all.")
+@tracking_options
+def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, device, out_dir, checkpoint_dir,
+         restart, allow_small, download, workers, devices, only, tracking_uri, experiment):
+    """Run (or continue) experiment grid NAME: a parent run with one child run per configuration."""
+    from training.grids import run_grid
+
+    workers = workers or len(devices or []) or 1
+    overrides = one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, resolve_device(device),
+                                     out_dir, checkpoint_dir, restart, allow_small)
+    if download:
+        overrides["options"]["download"] = True
+    uri = start(tracking_uri, experiment)
+    try:
+        run_grid(name, overrides, workers=workers, devices=devices, only=only)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.UsageError(str(e)) from None
+    print_where(uri)
 
 
 @cli.command("config")
@@ -168,6 +154,7 @@ def submit(name, backend, backend_config, project_uri, only, epochs, batches, bs
     print_where(uri)
     if summary["failed"]:
         raise SystemExit(1)
+
 
 def run_exp_parser() -> argparse.ArgumentParser:
     """The programme's run-exp options (argparse: -K and -H take several values)."""
