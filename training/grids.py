@@ -78,9 +78,8 @@ def check_grid(runs: List[Dict[str, Any]]) -> None:
     first one trains or any worker starts: cnn_experiment's own checks, in dry-run mode."""
     import torch
 
-    from training.cnn_experiment import cnn_experiment
-
     from training.cifar import load_cifar10, split_indices
+    from training.cnn_experiment import cnn_experiment
 
     rng = torch.get_rng_state()
     try:
