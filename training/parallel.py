@@ -29,6 +29,7 @@ import tempfile
 import threading
 import traceback
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -210,7 +211,16 @@ def run_grid_parallel(name: str, cfg: Mapping[str, Any], runs: List[Dict[str, An
                 for f in pending:
                     f.cancel()
                 wait(futures)  # let the configurations already training finish cleanly
-                raise failed[0].exception()
+                error = failed[0].exception()
+                if isinstance(error, BrokenProcessPool):
+                    # A worker died without a word (SIGKILL, the OOM killer): the pool stops the others,
+                    # so every unfinished configuration stays RUNNING with its last epoch's training state.
+                    unfinished = [lb for lb, f in zip(labels, futures) if f.cancelled() or f.exception() is not None]
+                    raise RuntimeError(
+                        f"grid {name}: a worker process died (killed by a signal or out of memory?); the pool "
+                        f"stopped the other workers. Not finished: {unfinished}. Their runs resume from their "
+                        f"last completed epoch: rerun the same grid command to resume them.") from error
+                raise error
             for f in futures:
                 label, status = f.result()
                 outcome[status].append(label)
