@@ -86,6 +86,7 @@ def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, device, ou
          restart, allow_small, download, workers, devices, only, tracking_uri, experiment):
     """Run (or continue) experiment grid NAME: a parent run with one child run per configuration."""
     from training.grids import run_grid
+    from training.parallel import WorkerDiedError
 
     workers = workers or len(devices or []) or 1
     overrides = one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, resolve_device(device),
@@ -97,6 +98,8 @@ def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, device, ou
         run_grid(name, overrides, workers=workers, devices=devices, only=only)
     except (ValueError, FileNotFoundError) as e:
         raise click.UsageError(str(e)) from None
+    except WorkerDiedError as e:  # says which configurations stopped and how to resume them
+        raise click.ClickException(str(e)) from e
     print_where(uri)
 
 

@@ -36,6 +36,10 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 _WORKER: Dict[str, Any] = {}  # per worker process: device, set once by _init_worker
 
 
+class WorkerDiedError(RuntimeError):
+    """A worker process was killed (signal, out of memory): the grid stops; a rerun resumes."""
+
+
 def plan_devices(workers: int, devices: Optional[Sequence[str]]) -> List[Optional[str]]:
     """Device of each worker slot: devices round-robin (None: the configuration's own setting)."""
     if workers < 1:
@@ -216,7 +220,7 @@ def run_grid_parallel(name: str, cfg: Mapping[str, Any], runs: List[Dict[str, An
                     # A worker died without a word (SIGKILL, the OOM killer): the pool stops the others,
                     # so every unfinished configuration stays RUNNING with its last epoch's training state.
                     unfinished = [lb for lb, f in zip(labels, futures) if f.cancelled() or f.exception() is not None]
-                    raise RuntimeError(
+                    raise WorkerDiedError(
                         f"grid {name}: a worker process died (killed by a signal or out of memory?); the pool "
                         f"stopped the other workers. Not finished: {unfinished}. Their runs resume from their "
                         f"last completed epoch: rerun the same grid command to resume them.") from error
