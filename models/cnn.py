@@ -530,6 +530,11 @@ class PatchWhitening(nn.Module):
         filters = (eigenvectors / torch.sqrt(eigenvalues.clamp_min(0) + self.eps)[:, None]).reshape(-1, c, k, k)
         self.conv.weight.copy_(torch.cat([filters, -filters]).to(self.conv.weight))
 
+    @property
+    def bias(self) -> nn.Parameter:
+        """The one learnt parameter (what training.optim.param_groups puts in the bias group)."""
+        return self.conv.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
 

@@ -55,10 +55,10 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, bias_lr_scale
     fast_ids = set()
     if bias_lr_scale != 1.0:
         for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) or getattr(module, "lr_scaled_bias", False):
-                for bias in (getattr(module, "bias", None), getattr(getattr(module, "conv", None), "bias", None)):
-                    if isinstance(bias, nn.Parameter):
-                        fast_ids.add(id(bias))
+            bias = getattr(module, "bias", None)
+            if (isinstance(module, nn.modules.batchnorm._BatchNorm) or getattr(module, "lr_scaled_bias", False)) \
+                    and isinstance(bias, nn.Parameter):
+                fast_ids.add(id(bias))
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [dict(params=[p for p in trainable if id(p) not in fast_ids], lr=lr, weight_decay=weight_decay)]
     if fast_ids:
