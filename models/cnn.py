@@ -470,16 +470,18 @@ class ConvPoolBNAct(nn.Sequential):
 
 
 class ZeroInitResidual(nn.Module):
-    """x + branch(x) with branch = [conv -> BN -> act] * (n_convs - 1) -> conv -> BN.
+    """x + scale * branch(x) with branch = [conv -> BN -> act] * (n_convs - 1) -> conv -> BN.
 
     No activation after the sum, and the branch's last BN weight starts at 0 (zero_init=True):
     every block is exactly the identity at initialisation, so a stack of any depth starts as
     the shallow net formed by the stage-entry convs, with bounded activations and gradients;
-    each block's scale is then learnt through that BN weight.
+    each block's scale is then learnt through that BN weight. Where BN scales are frozen (no
+    learnt gate), `scale` < 1 bounds the stream instead: n blocks at 1/sqrt(n) add at most
+    unit variance in all.
     """
 
     def __init__(self, channels: int, n_convs: int, make_activation_fn: ActivationFactory, bn_momentum: float = 0.1,
-                 zero_init: bool = True):
+                 zero_init: bool = True, scale: float = 1.0):
         super().__init__()
         if n_convs < 1:
             raise ValueError(f"a residual branch needs at least one conv, got n_convs={n_convs}")
@@ -491,9 +493,10 @@ class ZeroInitResidual(nn.Module):
         if zero_init:
             nn.init.zeros_(layers[-1].weight)
         self.branch = nn.Sequential(*layers)
+        self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.branch(x)
+        return x + self.branch(x) if self.scale == 1.0 else x + self.scale * self.branch(x)
 
 
 class PatchWhitening(nn.Module):
@@ -541,16 +544,21 @@ class PatchWhitening(nn.Module):
 
 class Stage(nn.Sequential):
     """One width: ConvPoolBNAct entry, then the remaining n_convs-1 convs as residual pairs
-    (an odd one left over becomes a single-conv residual), so the stage has exactly n_convs convs."""
+    (an odd one left over becomes a single-conv residual), so the stage has exactly n_convs convs.
+    Without zero-initialised gates the n residual blocks are each scaled by 1/sqrt(n)."""
 
     def __init__(self, in_channels: int, out_channels: int, n_convs: int, pool: nn.Module,
-                 make_activation_fn: ActivationFactory, bn_momentum: float = 0.1, zero_init_residual: bool = True):
+                 make_activation_fn: ActivationFactory, bn_momentum: float = 0.1, zero_init_residual: bool = True,
+                 scale_residuals: bool = False):
         rest = n_convs - 1
+        n_blocks = rest // 2 + rest % 2
+        scale = 1.0 / math.sqrt(n_blocks) if scale_residuals and n_blocks else 1.0
         blocks: List[nn.Module] = [ConvPoolBNAct(in_channels, out_channels, pool, make_activation_fn(), bn_momentum)]
-        blocks += [ZeroInitResidual(out_channels, 2, make_activation_fn, bn_momentum, zero_init_residual)
+        blocks += [ZeroInitResidual(out_channels, 2, make_activation_fn, bn_momentum, zero_init_residual, scale)
                    for _ in range(rest // 2)]
         if rest % 2:
-            blocks.append(ZeroInitResidual(out_channels, 1, make_activation_fn, bn_momentum, zero_init_residual))
+            blocks.append(ZeroInitResidual(out_channels, 1, make_activation_fn, bn_momentum, zero_init_residual,
+                                           scale))
         super().__init__(*blocks)
 
 
@@ -578,7 +586,12 @@ class YourCNN(CNN):
             at init and a smaller effective learning rate for the head).
         dropout: Dropout before the head (only created when > 0).
         bn_momentum: BatchNorm momentum (PyTorch convention).
-        zero_init_residual: start each residual branch's last BN weight at 0.
+        learn_bn_scale: learn the BatchNorm scales (True) or freeze them at 1 (airbench). Why
+            freeze: weight decay at a fast schedule's lr shrinks learnt scales to ~0.25, which
+            squeezes every GELU input into its nearly linear range (measured on a 10-epoch run).
+        zero_init_residual: start each residual branch's last BN weight at 0 (a learnt gate).
+            None (default): when the scales are learnt. With frozen scales it must be off, and
+            each of a stage's n residual blocks is scaled by 1/sqrt(n) instead.
         tta: test-time augmentation in eval mode: "none", "mirror" (mean logits of the image and
             its mirror) or "mirror_translate" (airbench's 6 views: mirror pairs of the image and of
             two 1-pixel reflect-padded translations). Switch it off for a while with `tta_off`.
@@ -592,7 +605,8 @@ class YourCNN(CNN):
                  pooling_type: str = "max", pooling_params: Optional[Dict[str, Any]] = None, *,
                  width_mult: float = 1.0, stem: Union[bool, str] = "conv", head_pool: str = "max",
                  logit_scale: float = 0.125, dropout: float = 0.0, bn_momentum: float = 0.1,
-                 zero_init_residual: bool = True, dirac_init: bool = False, tta: str = "none"):
+                 learn_bn_scale: bool = True, zero_init_residual: Optional[bool] = None, dirac_init: bool = False,
+                 tta: str = "none"):
         self.width_mult = width_mult
         self.stem = {True: "conv", False: "none"}.get(stem, stem) if isinstance(stem, bool) else stem
         self.dirac_init = dirac_init
@@ -600,7 +614,8 @@ class YourCNN(CNN):
         self.logit_scale = logit_scale
         self.dropout = dropout
         self.bn_momentum = bn_momentum
-        self.zero_init_residual = zero_init_residual
+        self.learn_bn_scale = learn_bn_scale
+        self.zero_init_residual = learn_bn_scale if zero_init_residual is None else zero_init_residual
         self.tta = tta
         super().__init__(in_size, out_classes, channels, pool_every, hidden_dims, conv_params=conv_params,
                          activation_type=activation_type, activation_params=activation_params,
@@ -624,6 +639,12 @@ class YourCNN(CNN):
             raise ValueError(f"logit_scale must be a positive number, got {self.logit_scale!r}")
         if not 0.0 < self.bn_momentum <= 1.0:
             raise ValueError(f"bn_momentum must be in (0, 1], got {self.bn_momentum!r}")
+        if not isinstance(self.learn_bn_scale, bool):
+            raise ValueError(f"learn_bn_scale must be true or false, got {self.learn_bn_scale!r}")
+        if self.zero_init_residual and not self.learn_bn_scale:
+            raise ValueError("zero_init_residual=True needs learn_bn_scale=True: a frozen zero BN scale would switch "
+                             "its residual branch off for good; leave zero_init_residual unset (or false) with "
+                             "learn_bn_scale=False, which scales the branches by 1/sqrt(blocks) instead")
         _check_dropout(self.dropout)
         super()._check_args()
 
@@ -654,12 +675,15 @@ class YourCNN(CNN):
             in_channels = whitening.out_channels
         for width, n_convs in self.stages:
             stage = Stage(in_channels, width, n_convs, self._make_pool(), self._make_activation, self.bn_momentum,
-                          self.zero_init_residual)
+                          self.zero_init_residual, scale_residuals=not self.learn_bn_scale)
             if self.dirac_init:
                 for conv in (m for m in stage.modules() if isinstance(m, nn.Conv2d)):
                     nn.init.dirac_(conv.weight.data[:min(conv.in_channels, conv.out_channels)])
             layers.append(stage)
             in_channels = width
+        if not self.learn_bn_scale:
+            for bn in (m for layer in layers for m in layer.modules() if isinstance(m, nn.BatchNorm2d)):
+                bn.weight.requires_grad_(False)
         layers += [nn.AdaptiveMaxPool2d(1) if self.head_pool == "max" else nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         if self.dropout > 0:
             layers.append(nn.Dropout(self.dropout))

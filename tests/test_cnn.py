@@ -488,13 +488,28 @@ def test_only_yourcnn_accepts_empty_hidden_dims():
         ResNet(IN, 10, [8], 1, [])
 
 
+def exp2_model_kwargs(width_mult: float = 0.5) -> dict:
+    """exp2's configured YourCNN options (configs/exp2.yaml), narrower so the CPU tests stay quick."""
+    from training.grids import load_grid_config
+
+    return {**load_grid_config("exp2")["options"]["model_kwargs"], "width_mult": width_mult}
+
+
+@pytest.mark.parametrize("recipe", ["defaults", "exp2"])
 @pytest.mark.parametrize("L", [3, 6, 9, 12])
-def test_yourcnn_trains_on_tiny_data(L):
+def test_yourcnn_trains_on_tiny_data(L, recipe):
     torch.manual_seed(0)
-    model = YourCNN(IN, 10, channels_of((32, 64, 128), L), 1, [])
+    kwargs = exp2_model_kwargs() if recipe == "exp2" else {}
+    model = YourCNN(IN, 10, channels_of((32, 64, 128), L), 1, [], **kwargs)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, *IN, generator=g), torch.randint(0, 10, (16,), generator=g)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    for module in model.modules():
+        if hasattr(module, "init_from_data"):
+            module.init_from_data(x)
+    # exp2 scales its logits by 1/9, so it takes a proportionally larger step
+    lr = 0.05 if recipe == "defaults" else 0.5
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9,
+                                nesterov=True)
     losses = []
     for _ in range(5):
         loss = nn.functional.cross_entropy(model(x), y)
@@ -502,7 +517,7 @@ def test_yourcnn_trains_on_tiny_data(L):
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    # measured: ~2.3 -> ~1.1 after 4 updates at every L
+    # measured: ~2.3 -> ~1.1 after 4 updates at every L (defaults); exp2: ~2.3 -> ~1.6
     assert losses[-1] < 0.75 * losses[0]
 
 
@@ -522,6 +537,31 @@ def test_yourcnn_gradient_norm_at_init_does_not_grow_with_depth():
     assert 0.5 < deep / shallow < 2.0
     # the mechanism: without the zero init the deep net's gradient is ~8x the shallow one's
     assert _init_grad_norm(30, zero_init_residual=False) / _init_grad_norm(3, zero_init_residual=False) > 3
+
+
+def test_yourcnn_frozen_bn_scales_stay_at_one_and_bound_depth():
+    """learn_bn_scale=False (exp2's recipe): every BN scale is frozen at 1, the residual branches
+    are scaled by 1/sqrt(blocks per stage) instead of gated, and depth still costs no trainability."""
+    model = YourCNN(IN, 10, channels_of((8, 16), 5), 1, [], learn_bn_scale=False)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(not bn.weight.requires_grad and bool((bn.weight == 1).all()) for bn in bns)
+    blocks = [m for m in model.modules() if isinstance(m, ZeroInitResidual)]
+    assert len(blocks) == 4 and all(b.scale == pytest.approx(2 ** -0.5) for b in blocks)  # 2 blocks per stage
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    x, y = torch.randn(8, *IN), torch.randint(0, 10, (8,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    assert all(bool((bn.weight == 1).all()) for bn in bns)
+    shallow, deep = _init_grad_norm(3, learn_bn_scale=False), _init_grad_norm(30, learn_bn_scale=False)
+    # measured: ~7.5 at L=3, ~9.2 at L=12; unscaled, ungated branches would reach ~25 at L=12
+    assert 0.5 < deep / shallow < 2.0
+
+
+def test_yourcnn_frozen_zero_gate_is_refused():
+    with pytest.raises(ValueError, match="zero_init_residual=True needs learn_bn_scale=True"):
+        YourCNN(IN, 10, [8, 8], 1, [], learn_bn_scale=False, zero_init_residual=True)
+    with pytest.raises(ValueError, match="learn_bn_scale must be true or false"):
+        YourCNN(IN, 10, [8, 8], 1, [], learn_bn_scale="no")
 
 
 def test_yourcnn_mirror_tta_averages_mirrored_logits_in_eval_only():

@@ -1,0 +1,218 @@
+"""An independent airbench94 (K. Jordan, 2024) in plain PyTorch: the calibration point for exp2.
+
+Why: the exp2 target (93 % on the offline JPEG copy in 10 epochs) is set against airbench94's
+published 94.0 % on the original data. This script shares no code with archlab (it reads the
+pickles itself, builds the net, loop, schedule, lookahead and TTA inline), so what it prints on
+the offline copy is what the published recipe reaches *here*: if archlab's exp2 run falls short
+of it, the gap is archlab's; if this falls short of 93 %, the data copy is the limit.
+
+    python bench/airbench_reference.py --data-dir /tmp/cifar --n-train 45000 --out ref.json
+
+Faithful to airbench94 except: fp32 on CPU (it runs fp16 on GPU), a plain random flip each epoch
+(airbench94 alternates flips between epochs, worth ~0.1 %), no torch.compile, and 10 epochs
+instead of 9.9 (matching archlab's integer epochs). --n-train 45000 trains on a random 45000
+of the 50000 (archlab's exp2 split size); the test set is the 10000 official test images.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HYP = dict(batch_size=1024, epochs=10, lr=11.5, momentum=0.85, weight_decay=0.0153, bias_scaler=64.0,
+           label_smoothing=0.2, whiten_bias_epochs=3, translate=2, widths=(64, 256, 256), bn_momentum=0.6,
+           scaling_factor=1 / 9, warmup=0.23, lr_start=0.2, lr_end=0.07)
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def read_cifar(data_dir: str):
+    folder = os.path.join(data_dir, "cifar-10-batches-py")
+
+    def read(names):
+        xs, ys = [], []
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                d = pickle.load(f, encoding="bytes")
+            xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[b"labels"], dtype=np.int64))
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+    return read([f"data_batch_{i}" for i in range(1, 6)]), read(["test_batch"])
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    return ((x.float() / 255) - mean) / std
+
+
+class BatchNorm(nn.BatchNorm2d):
+    """airbench's BN: no learnt scale, eps 1e-12, its momentum convention (1 - torch's)."""
+
+    def __init__(self, n: int, momentum: float):
+        super().__init__(n, eps=1e-12, momentum=1 - momentum)
+        self.weight.requires_grad = False
+
+
+class Conv(nn.Conv2d):
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout, kernel_size=3, padding="same", bias=False)
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        w = self.weight.data
+        nn.init.dirac_(w[:w.size(1)])
+
+
+class ConvGroup(nn.Module):
+    def __init__(self, cin: int, cout: int, momentum: float):
+        super().__init__()
+        self.conv1, self.pool, self.norm1 = Conv(cin, cout), nn.MaxPool2d(2), BatchNorm(cout, momentum)
+        self.conv2, self.norm2, self.activ = Conv(cout, cout), BatchNorm(cout, momentum), nn.GELU()
+
+    def forward(self, x):
+        x = self.activ(self.norm1(self.pool(self.conv1(x))))
+        return self.activ(self.norm2(self.conv2(x)))
+
+
+class Net(nn.Module):
+    def __init__(self, widths=HYP["widths"], momentum=HYP["bn_momentum"], scale=HYP["scaling_factor"]):
+        super().__init__()
+        self.whiten = nn.Conv2d(3, 24, kernel_size=2, padding=0, bias=True)
+        self.whiten.weight.requires_grad = False
+        self.layers = nn.Sequential(nn.GELU(), ConvGroup(24, widths[0], momentum),
+                                    ConvGroup(widths[0], widths[1], momentum),
+                                    ConvGroup(widths[1], widths[2], momentum), nn.MaxPool2d(3), nn.Flatten())
+        self.head = nn.Linear(widths[2], 10, bias=False)
+        self.scale = scale
+
+    @torch.no_grad()
+    def init_whiten(self, images: torch.Tensor, eps: float = 5e-4):
+        c, (h, w) = images.shape[1], self.whiten.weight.shape[2:]
+        patches = images.unfold(2, h, 1).unfold(3, w, 1).transpose(1, 3).reshape(-1, c, h, w).float()
+        flat = patches.view(len(patches), -1)
+        eigenvalues, eigenvectors = torch.linalg.eigh(flat.T @ flat / len(flat), UPLO="U")
+        eigenvalues, eigenvectors = eigenvalues.flip(0).view(-1, 1, 1, 1), eigenvectors.T.reshape(-1, c, h, w).flip(0)
+        scaled = eigenvectors / torch.sqrt(eigenvalues + eps)
+        self.whiten.weight.data[:] = torch.cat((scaled, -scaled))
+
+    def forward(self, x):
+        return self.head(self.layers(self.whiten(x))) * self.scale
+
+
+def tta_logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """airbench's tta_level 2: mirror x (identity, two 1-px reflect translations)."""
+    def mirror(v):
+        return 0.5 * net(v) + 0.5 * net(v.flip(-1))
+    padded = F.pad(x, (1,) * 4, "reflect")
+    return 0.5 * mirror(x) + 0.25 * mirror(padded[:, :, :32, :32]) + 0.25 * mirror(padded[:, :, 2:, 2:])
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, tta: bool) -> float:
+    net.eval()
+    correct = 0
+    for i in range(0, len(x), 500):
+        xb = x[i:i + 500]
+        logits = tta_logits(net, xb) if tta else net(xb)
+        correct += (logits.argmax(1) == y[i:i + 500]).sum().item()
+    return 100.0 * correct / len(x)
+
+
+def train(data_dir: str, n_train: int, seed: int, epochs: int, log=print) -> dict:
+    torch.manual_seed(seed)
+    (x_all, y_all), (x_test, y_test) = read_cifar(data_dir)
+    keep = torch.randperm(len(x_all))[:n_train] if n_train < len(x_all) else torch.arange(len(x_all))
+    x_train, y_train = x_all[keep], y_all[keep]
+    padded = F.pad(normalise(x_train), (HYP["translate"],) * 4, "reflect")  # pre-padded once, as airbench
+    x_test_n = normalise(x_test)
+    bs = HYP["batch_size"]
+    steps_per_epoch = len(x_train) // bs  # drop_last
+    total = steps_per_epoch * epochs
+
+    net = Net().to(memory_format=torch.channels_last)
+    net.init_whiten(normalise(x_train[:5000]))
+    kilostep_scale = 1024 * (1 + 1 / (1 - HYP["momentum"]))
+    lr = HYP["lr"] / kilostep_scale
+    wd = HYP["weight_decay"] * bs / kilostep_scale
+    lr_biases = lr * HYP["bias_scaler"]
+    norm_biases = [p for n, p in net.named_parameters() if "norm" in n and p.requires_grad]
+    other = [p for n, p in net.named_parameters() if "norm" not in n and "whiten" not in n and p.requires_grad]
+    optimizer = torch.optim.SGD([dict(params=[net.whiten.bias], lr=lr_biases, weight_decay=wd / lr_biases),
+                                 dict(params=norm_biases, lr=lr_biases, weight_decay=wd / lr_biases),
+                                 dict(params=other, lr=lr, weight_decay=wd / lr)], momentum=HYP["momentum"],
+                                nesterov=True)
+    warm = int(HYP["warmup"] * total)
+    schedule = np.interp(np.arange(1 + total), [0, warm, total], [HYP["lr_start"], 1.0, HYP["lr_end"]])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule[step])
+    alpha = 0.95 ** 5 * (torch.arange(total + 1) / total) ** 3
+    ema = {k: v.clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=HYP["label_smoothing"], reduction="none")
+
+    step, t0, history = 0, time.perf_counter(), []
+    for epoch in range(epochs):
+        net.train()
+        net.whiten.bias.requires_grad = epoch < HYP["whiten_bias_epochs"]
+        order = torch.randperm(len(x_train))
+        t = HYP["translate"]
+        dy, dx = torch.randint(0, 2 * t + 1, (2, len(x_train)))
+        flip = torch.rand(len(x_train)) < 0.5
+        correct = seen = 0
+        for b in range(steps_per_epoch):
+            idx = order[b * bs:(b + 1) * bs]
+            rows = (torch.arange(32)[None] + dy[idx, None])[:, None, :, None]
+            cols = (torch.arange(32)[None] + dx[idx, None])[:, None, None, :]
+            xb = padded[idx[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
+            xb = torch.where(flip[idx, None, None, None], xb.flip(-1), xb).contiguous(memory_format=torch.channels_last)
+            yb = y_train[idx]
+            logits = net(xb)
+            loss = loss_fn(logits, yb).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            correct += (logits.argmax(1) == yb).sum().item()
+            seen += len(yb)
+            if step % 5 == 0 or step == total:
+                decay = 1.0 if step == total else alpha[step].item()
+                with torch.no_grad():
+                    for k, v in net.state_dict().items():
+                        if k in ema:
+                            ema[k].lerp_(v, 1 - decay)
+                            v.copy_(ema[k])
+        test_acc = evaluate(net, x_test_n, y_test, tta=False)
+        history.append(dict(epoch=epoch + 1, train_acc=100 * correct / seen, test_acc=test_acc,
+                            seconds=time.perf_counter() - t0))
+        log(json.dumps(history[-1]))
+    tta_acc = evaluate(net, x_test_n, y_test, tta=True)
+    return dict(recipe="airbench94 (independent re-implementation)", n_train=len(x_train), epochs=epochs,
+                steps=total, seed=seed, test_acc=history[-1]["test_acc"], test_acc_tta=tta_acc,
+                train_seconds=history[-1]["seconds"], history=history,
+                device="cpu", threads=torch.get_num_threads(), torch=torch.__version__)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--n-train", type=int, default=50000)
+    ap.add_argument("--epochs", type=int, default=HYP["epochs"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    result = train(args.data_dir, args.n_train, args.seed, args.epochs)
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
