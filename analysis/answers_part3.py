@@ -208,17 +208,34 @@ def part3_q4(data: ReportData, out_dir: Path) -> str:
     return "\n\n".join([head, *_cifar_section(data, "exp1_4", out_dir), *text])
 
 
+def reference_lines(data: ReportData, best: pd.Series) -> List[str]:
+    """The calibration: what an independent re-implementation of a published recipe (bench/
+    airbench_reference.py, logged with grid=reference) reached on the same data."""
+    ref = data.reference
+    if not len(ref):
+        return ["No calibration run in this store (`python bench/airbench_reference.py --data-dir DIR --mlflow` "
+                "logs one): nothing says how hard this copy of CIFAR-10 is for a published recipe."]
+    r = ref.iloc[0]
+    d = best["test_acc"] - r["test_acc_tta"]
+    return [f"Calibration: `{r['run_name']}`, an independent airbench94 (94.0% published on the original data in "
+            f"under 10 epochs), reached {pct(r['test_acc_tta'])} with test-time augmentation ({pct(r['test_acc'])} "
+            f"without) on this data, trained on {int(r['n_train'])} images for {int(r['epochs'])} epochs on "
+            f"{r['device']}; the best YourCNN is {points(d)} from it."]
+
+
 def part3_q5(data: ReportData, out_dir: Path) -> str:
     head = "### Question 5 (experiment 2: YourCNN)"
     df = data.grids["exp2"]
-    design = ("**1. Modifications (YourCNN, `models/cnn.py`).** After ResNet-9 (D. Page) and airbench (K. Jordan): "
-              "a full-resolution stem conv; one *stage* per K element, entered by conv → max-pool → BatchNorm → "
-              "activation (pooling before the BN normalises fewer positions), followed by residual pairs "
-              "conv-BN-act-conv-BN with identity shortcuts whose last BN weight starts at zero, so every block is "
-              "the identity at initialisation and any depth starts as a shallow, trainable net; each stage pools "
-              "once, so pool_every is not needed and depth never shrinks the maps; global max pooling and a single "
-              "linear layer instead of a large MLP head; logits scaled by 1/8; mirror test-time augmentation "
-              "(average of the image and its horizontal flip).")
+    design = ("**1. Modifications (YourCNN, `models/cnn.py`).** After airbench (K. Jordan) and ResNet-9 (D. Page): "
+              "a stem (a frozen 2x2 patch-whitening conv fitted on training images, or a full-resolution conv); one "
+              "*stage* per K element, entered by conv → max-pool → BatchNorm → activation (pooling before the BN "
+              "normalises fewer positions), followed by residual pairs conv-BN-act-conv-BN with identity shortcuts; "
+              "each stage pools once, so pool_every is not needed and depth never shrinks the maps; global max pooling "
+              "and a single linear layer instead of a large MLP head; scaled logits; test-time augmentation (mirror "
+              "and 1-pixel translations) on the final test. Depth stays trainable either way the residual branches "
+              "are kept in check: with learnt BN scales the branch's last scale starts at zero (every block is the "
+              "identity at initialisation); with frozen BN scales (`learn_bn_scale=False`) each of a stage's n branches "
+              "is multiplied by 1/sqrt(n). The options each run used are in the recipe line below.")
     if not len(data.finished("exp2")):
         return "\n\n".join([head, design, missing_note("exp2", data.experiment)])
     fin = data.finished("exp2")
@@ -243,9 +260,10 @@ def part3_q5(data: ReportData, out_dir: Path) -> str:
     else:
         lines.append("Experiment 1 has not been run in this store, so there is no comparison: "
                      + ", ".join(f"`{g}`" for g in ("exp1_1", "exp1_2", "exp1_3", "exp1_4")) + " are missing.")
+    lines += reference_lines(data, best)
     bad, criterion = untrainable_text(df)
     lines.append(f"Not trainable {criterion}: {', '.join(bad) if bad else 'none, at any depth'}"
-                 + ("; the zero-initialised residual stages keep the deep versions trainable, unlike the plain "
+                 + ("; the kept-in-check residual stages keep the deep versions trainable, unlike the plain "
                     "nets of experiment 1." if not bad else "."))
     return "\n\n".join([head, design, training, "**Results of experiment 2.**", cifar_table(data, "exp2"),
                         figs(data, "exp2", out_dir, "exp2"), "**2. Analysis.**\n\n" + bullet(lines)])

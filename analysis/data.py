@@ -23,6 +23,7 @@ class ReportData:
     status: pd.DataFrame                 # query.experiment_status
     missing: List[str]                   # grids without any finished configuration
     figures: Dict[str, List[Path]] = field(default_factory=dict)  # filled by analysis.report
+    reference: pd.DataFrame = field(default_factory=pd.DataFrame)  # query.reference_runs (calibration)
 
     def finished(self, grid: str) -> pd.DataFrame:
         df = self.grids.get(grid, query.empty_grid_frame())
@@ -60,4 +61,5 @@ def collect(experiment: Optional[str] = None) -> ReportData:
         histories[g] = query.epoch_history(df, keys)
     status = query.experiment_status(experiment, frames=grids)
     missing = status.loc[status["finished"] == 0, "grid"].tolist()
-    return ReportData(mlflow.get_tracking_uri(), experiment, grids, histories, status, missing)
+    return ReportData(mlflow.get_tracking_uri(), experiment, grids, histories, status, missing,
+                      reference=query.reference_runs(experiment))

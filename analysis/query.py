@@ -183,6 +183,24 @@ def parent_run_id(grid: str, experiment: Optional[str] = None) -> Optional[str]:
     return str(pool.sort_values("start_time", ascending=False)["run_id"].iloc[0])
 
 
+REFERENCE_TAG_VALUE = "reference"  # bench/airbench_reference.py logs its calibration runs with grid=reference
+
+
+def reference_runs(experiment: Optional[str] = None) -> pd.DataFrame:
+    """Finished calibration runs (an independent published recipe on the same data), newest
+    first: run_name, n_train, epochs, test_acc, test_acc_tta, device."""
+    runs = search(f"tags.{tracking.GRID_TAG} = '{REFERENCE_TAG_VALUE}' and attributes.status = 'FINISHED'", experiment)
+    cols = {"tags.mlflow.runName": "run_name", "params.n_train": "n_train", "params.epochs": "epochs",
+            "params.device": "device", "metrics.test_acc": "test_acc", "metrics.test_acc_tta": "test_acc_tta"}
+    if not len(runs):
+        return pd.DataFrame(columns=list(cols.values()))
+    runs = runs.sort_values("start_time", ascending=False)
+    out = pd.DataFrame({new: _col(runs, old).values for old, new in cols.items()})
+    for c in ("n_train", "epochs"):
+        out[c] = pd.to_numeric(out[c], errors="coerce")
+    return out
+
+
 # ----------------------------------------------------------------------------- curves
 def epoch_history(runs_df: pd.DataFrame, keys: Sequence[str] = CIFAR_EPOCH_KEYS) -> pd.DataFrame:
     """Per-epoch curves of every run in `runs_df`: one row per run x epoch (step), one column

@@ -6,7 +6,12 @@ pickles itself, builds the net, loop, schedule, lookahead and TTA inline), so wh
 the offline copy is what the published recipe reaches *here*: if archlab's exp2 run falls short
 of it, the gap is archlab's; if this falls short of 93 %, the data copy is the limit.
 
-    python bench/airbench_reference.py --data-dir /tmp/cifar --n-train 45000 --out ref.json
+    python bench/airbench_reference.py --data-dir /tmp/cifar --n-train 45000 --out ref.json --mlflow
+    python bench/airbench_reference.py --log-result bench/measured/airbench_reference_cpu_2026-11-27.json
+
+--mlflow logs the result as a run tagged grid=reference in the tracking store ($MLFLOW_TRACKING_URI,
+else ./mlflow.db), where the exp2 answer finds it; --log-result logs a result file this script
+wrote earlier, without training again.
 
 Faithful to airbench94 except: fp32 on CPU (it runs fp16 on GPU), a plain random flip each epoch
 (airbench94 alternates flips between epochs, worth ~0.1 %), no torch.compile, and 10 epochs
@@ -199,19 +204,48 @@ def train(data_dir: str, n_train: int, seed: int, epochs: int, log=print) -> dic
                 device="cpu", threads=torch.get_num_threads(), torch=torch.__version__)
 
 
+def log_to_mlflow(result: dict, experiment: str = "archlab") -> str:
+    """One run tagged grid=reference: HYP and the data size as params, the per-epoch history as
+    metrics (step = epoch), the final figures at the last step. Returns the run id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath('mlflow.db')}")
+    mlflow.set_experiment(experiment)
+    name = f"airbench94_reference_n{result['n_train']}"
+    with mlflow.start_run(run_name=name, tags={"grid": "reference", "archlab.role": "reference"}) as run:
+        mlflow.log_params({**{k: v for k, v in HYP.items() if k != "epochs"},
+                           **{k: result[k] for k in ("recipe", "n_train", "epochs", "seed", "device", "threads", "torch")}})
+        for row in result["history"]:
+            mlflow.log_metrics({k: row[k] for k in ("train_acc", "test_acc")}, step=row["epoch"])
+        mlflow.log_metrics({"test_acc_tta": result["test_acc_tta"], "train_seconds": result["train_seconds"]},
+                           step=result["epochs"])
+    return run.info.run_id
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--data-dir")
     ap.add_argument("--n-train", type=int, default=50000)
     ap.add_argument("--epochs", type=int, default=HYP["epochs"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
+    ap.add_argument("--mlflow", action="store_true", help="log the result to the tracking store")
+    ap.add_argument("--log-result", metavar="FILE", help="log this earlier result file to MLflow; no training")
     args = ap.parse_args()
+    if args.log_result:
+        with open(args.log_result) as f:
+            print("logged run", log_to_mlflow(json.load(f)))
+        return
+    if not args.data_dir or not os.path.isdir(os.path.join(args.data_dir, "cifar-10-batches-py")):
+        ap.error(f"--data-dir must hold cifar-10-batches-py/, got {args.data_dir!r} "
+                 f"(unpack it with: python ../shared/data/make_cifar10.py DIR)")
     result = train(args.data_dir, args.n_train, args.seed, args.epochs)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
+    if args.mlflow:
+        print("logged run", log_to_mlflow(result))
 
 
 if __name__ == "__main__":

@@ -344,3 +344,37 @@ def test_missing_note_names_the_command_that_runs_the_missing_part():
     assert "python -m entrypoints.part1 first-classifier" in missing_note("first_classifier", None)
     assert "python -m entrypoints.part1 mlp-grid" in missing_note("mlp_grid", "archlab")
     assert "python -m entrypoints.cifar grid exp1_2" in missing_note("exp1_2", None)
+
+
+def test_calibration_run_of_the_reference_recipe_reaches_the_exp2_answer(mlflow_store, tmp_path):
+    """bench/airbench_reference.py trains for real (tiny data), logs a grid=reference run, and
+    the exp2 answer reads it back and sets the best YourCNN against it."""
+    import sys
+
+    sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+    try:
+        import airbench_reference
+    finally:
+        sys.path.remove(str(PROJECT_ROOT / "bench"))
+    data_dir = write_fake_cifar10(tmp_path / "data", n_train_per_batch=420, n_test=100)
+    result = airbench_reference.train(str(data_dir), n_train=2100, seed=0, epochs=2, log=lambda _: None)
+    assert result["steps"] == 4 and [h["epoch"] for h in result["history"]] == [1, 2]
+    assert 0.0 <= result["test_acc_tta"] <= 100.0 and result["train_seconds"] > 0
+    run_id = airbench_reference.log_to_mlflow(result)
+
+    ref = query.reference_runs()
+    assert len(ref) == 1 and ref.iloc[0]["test_acc_tta"] == pytest.approx(result["test_acc_tta"])
+    assert MlflowClient().get_run(run_id).data.params["n_train"] == "2100"
+    md_without = build_report(tmp_path / "r0", log_artifacts=False).answers.read_text()
+    assert "No calibration run" not in md_without  # exp2 not run yet: its section is the missing note
+    _log_cifar_grid("exp2", lambda kw: 90.0, only=("L3_K32-64-128",))
+    md = build_report(tmp_path / "r1", log_artifacts=False).answers.read_text()
+    best = query.grid_runs("exp2")["test_acc"].max()
+    assert (f"Calibration: `airbench94_reference_n2100`" in md
+            and f"reached {result['test_acc_tta']:.1f}% with test-time augmentation" in md
+            and f"the best YourCNN is {best - result['test_acc_tta']:+.1f} points from it" in md)
+
+
+def test_exp2_answer_says_when_there_is_no_calibration_run(mlflow_store, tmp_path):
+    _log_cifar_grid("exp2", lambda kw: 90.0, only=("L3_K32-64-128",))
+    assert "No calibration run in this store" in build_report(tmp_path / "r", log_artifacts=False).answers.read_text()
