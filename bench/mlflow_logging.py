@@ -173,9 +173,9 @@ def log_grid(epochs: int, pace: Optional[Callable[[], float]] = None) -> Dict[st
     pace_wall = 0.0
     children = []
     t0 = time.perf_counter()
-    with tracking.open_run(GRID, tags={tracking.GRID_TAG: GRID, tracking.ROLE_TAG: "parent"}, experiment="bench"):
-        tracking.log_params({"grid": cfg["grid"], "model_type": cfg["model_type"], "run_name": cfg["run_name"],
-                             "n_configurations": len(runs)})
+    tags = {tracking.GRID_TAG: GRID, tracking.ROLE_TAG: "parent", "archlab.n_configurations": str(len(runs))}
+    with tracking.open_run(GRID, tags=tags, experiment="bench"):  # as training.grids.grid_parent_run logs it
+        tracking.log_params({"grid": cfg["grid"], "model_type": cfg["model_type"], "run_name": cfg["run_name"]})
         for kwargs in runs:
             child = log_one_child(kwargs, epochs)
             if pace is not None:

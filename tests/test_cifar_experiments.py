@@ -256,3 +256,31 @@ def test_diverging_configuration_fails_tagged_and_the_grid_goes_on(mlflow_store,
     assert runs["tags.archlab.error"].str.contains("training loss became").all()
     again = run_grid(str(config), overrides)
     assert sorted(again["skipped"]) == ["exp1_1_L1_K8", "exp1_1_L2_K8"] and not again["written"]
+
+
+def test_a_rerun_continues_only_a_dead_grids_parent_of_the_same_config(mlflow_store):
+    from training.grids import grid_parent_run
+
+    cfg = load_grid_config("test_run")
+    runs = expand_grid(cfg)
+    with pytest.raises(RuntimeError):
+        with grid_parent_run("test_run", cfg, runs) as dead:
+            raise RuntimeError("a worker process died")
+    assert mlflow.get_run(dead.info.run_id).info.status == "FAILED"
+    with grid_parent_run("test_run", cfg, runs[:1]) as rerun:  # like --only: fewer configurations, same grid
+        pass
+    assert rerun.info.run_id == dead.info.run_id
+    run = mlflow.get_run(dead.info.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["archlab.n_configurations"] == "1"
+    assert "a worker process died" in run.data.tags["archlab.previous_error"] and "archlab.error" not in run.data.tags
+
+    with grid_parent_run("test_run", cfg, runs) as after_finished:  # a finished grid is not reopened
+        pass
+    assert after_finished.info.run_id != dead.info.run_id
+    with pytest.raises(RuntimeError):
+        with grid_parent_run("test_run", cfg, runs) as dead_again:
+            raise RuntimeError("stopped")
+    with grid_parent_run("test_run", {**cfg, "grid": [{"K": [[16]], "L": [1]}]}, runs) as changed:
+        pass  # the config changed since the grid died: its own parent
+    assert changed.info.run_id not in (dead_again.info.run_id, after_finished.info.run_id, dead.info.run_id)
+    assert mlflow.get_run(dead_again.info.run_id).info.status == "FAILED"

@@ -149,8 +149,11 @@ def test_sigkill_of_a_parallel_worker_then_rerun_resumes(mlflow_store, tmp_path)
     for run_id in finished.run_id:
         for key in ("train_loss", "valid_acc", "lr", "epoch_time_s", "best_valid_acc"):
             assert _steps(client, run_id, key) == list(range(1, EPOCHS + 1)), (run_id, key)  # no gap, no duplicate
-    # each grid command opens its own parent run: the killed one FAILED, the rerun's FINISHED
+    # the rerun continues the killed grid's parent: one parent, FINISHED, every child under it
     parents = tracking.find_runs(f"tags.grid = '{config}' and tags.`archlab.role` = 'parent'")
-    assert sorted(parents["status"]) == ["FAILED", "FINISHED"], parents[["run_id", "status"]]
-    assert set(children["tags.mlflow.parentRunId"]) <= set(parents.run_id)
+    assert list(parents["status"]) == ["FINISHED"], parents[["run_id", "status"]]
+    assert "Continuing the grid's earlier parent run" in rerun.stdout
+    assert set(children["tags.mlflow.parentRunId"]) == {parents.run_id.iloc[0]}
+    tags = client.get_run(parents.run_id.iloc[0]).data.tags
+    assert "worker process died" in tags["archlab.previous_error"] and "archlab.error" not in tags
     assert sorted(p.stem for p in (tmp_path / "results").glob("*.json")) == CONFIGS

@@ -99,13 +99,54 @@ def check_grid(runs: List[Dict[str, Any]]) -> None:
 
 @contextlib.contextmanager
 def grid_parent_run(name: str, cfg: Mapping[str, Any], runs: List[Dict[str, Any]]) -> Iterator[Any]:
-    """The grid's parent run (opened or continued), with its params logged; children nest under it."""
+    """The grid's parent run, with its params logged; children nest under it.
+
+    A rerun after a grid died (its parent ended FAILED or KILLED) continues that parent when it
+    describes the same grid (same params), so resumed and new children share one parent and the
+    grid ends as one FINISHED run; the old error moves to `archlab.previous_error`. Anything
+    else (a finished grid, a changed config, a live RUNNING parent) gets a new parent.
+    """
+    import mlflow
+
     from training import tracking
 
-    with tracking.open_run(name, tags={tracking.GRID_TAG: name, tracking.ROLE_TAG: "parent"}) as run:
-        tracking.log_params({"grid": cfg["grid"], "model_type": cfg["model_type"], "run_name": cfg["run_name"],
-                             "n_configurations": len(runs)})
+    params = {"grid": cfg["grid"], "model_type": cfg["model_type"], "run_name": cfg["run_name"]}
+    earlier = _continuable_parent(name, params)
+    resume_id = earlier["run_id"] if earlier is not None else None
+    tags = {tracking.GRID_TAG: name, tracking.ROLE_TAG: "parent", "archlab.n_configurations": str(len(runs))}
+    with tracking.open_run(name, tags=tags, run_id=resume_id) as run:
+        if earlier is not None:
+            error = earlier.get("tags.archlab.error")
+            if isinstance(error, str):
+                mlflow.set_tag("archlab.previous_error", error)
+                mlflow.MlflowClient().delete_tag(resume_id, "archlab.error")
+            print(f"*** Continuing the grid's earlier parent run {resume_id} (it ended {earlier['status']})")
+        tracking.log_params(params)
         yield run
+
+
+def _continuable_parent(name: str, params: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
+    """The newest parent run of grid `name` in this experiment (its search_runs row) if it ended
+    FAILED or KILLED and its params equal `params`; None otherwise, or when the parent is not archlab's to choose
+    (inside an active run, or launched by `mlflow run`)."""
+    import os
+
+    import mlflow
+
+    from training import tracking
+
+    if mlflow.active_run() is not None or os.environ.get("MLFLOW_RUN_ID"):
+        return None
+    found = mlflow.search_runs([tracking.current_experiment_id()], output_format="pandas", max_results=1,
+                               filter_string=f"tags.{tracking.GRID_TAG} = '{name}' and "
+                                             f"tags.`{tracking.ROLE_TAG}` = 'parent'",
+                               order_by=["attributes.start_time DESC"])
+    if not len(found) or found["status"].iloc[0] not in ("FAILED", "KILLED"):
+        return None
+    logged = found.iloc[0]
+    if any(logged.get(f"params.{k}") != v for k, v in tracking.flatten_params(params).items()):
+        return None
+    return logged
 
 
 def print_summary(name: str, outcome: Mapping[str, List[str]]) -> None:
