@@ -56,15 +56,18 @@ def one_config_options(f):
                           "ones resume."),
         click.option("--allow-small", type=click.BOOL, default=False, show_default=True,
                      help="true: allow fewer than 30000 train / 5000 validation images (smoke runs)."),
+        click.option("--compile", "compile_model", type=click.BOOL, default=False, show_default=True,
+                     help="true: torch.compile each model (pays off on GPUs for long runs; the first epoch "
+                          "carries the compile time). Results are the same; not part of the config hash."),
     ]):
         f = opt(f)
     return f
 
 
 def one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, device, out_dir, checkpoint_dir,
-                         restart, allow_small) -> dict:
+                         restart, allow_small, compile_model=False) -> dict:
     options = dict(n_train=n_train, n_valid=n_valid, data_dir=data_dir, restart=restart or None,
-                   allow_small=allow_small or None, checkpoint_dir=checkpoint_dir)
+                   allow_small=allow_small or None, checkpoint_dir=checkpoint_dir, compile=compile_model or None)
     return dict(epochs=epochs, batches=batches, bs_train=bs_train, device=device, out_dir=out_dir,
                 options={k: v for k, v in options.items() if v is not None})
 
@@ -83,14 +86,14 @@ def one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, 
               help="Comma-separated configurations to train (child run names, e.g. exp2_L3_K32-64-128); default all.")
 @tracking_options
 def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, device, out_dir, checkpoint_dir,
-         restart, allow_small, download, workers, devices, only, tracking_uri, experiment):
+         restart, allow_small, compile_model, download, workers, devices, only, tracking_uri, experiment):
     """Run (or continue) experiment grid NAME: a parent run with one child run per configuration."""
     from training.grids import run_grid
     from training.parallel import WorkerDiedError
 
     workers = workers or len(devices or []) or 1
     overrides = one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, resolve_device(device),
-                                     out_dir, checkpoint_dir, restart, allow_small)
+                                     out_dir, checkpoint_dir, restart, allow_small, compile_model)
     if download:
         overrides["options"]["download"] = True
     uri = start(tracking_uri, experiment)
@@ -138,14 +141,14 @@ def config(name, config_name, overrides, tracking_uri, experiment):
 @one_config_options
 @tracking_options
 def submit(name, backend, backend_config, project_uri, only, epochs, batches, bs_train, n_train, n_valid, data_dir,
-           device, out_dir, checkpoint_dir, restart, allow_small, tracking_uri, experiment):
+           device, out_dir, checkpoint_dir, restart, allow_small, compile_model, tracking_uri, experiment):
     """Submit grid NAME as one MLflow project run per configuration (children of one parent run) on
     the chosen backend: local, or kubernetes (docker_env project, one Job each; deploy/kubernetes)."""
     from training.submit import submit_grid
 
     overrides = one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir,
                                      None if device in (None, "", "auto") else device, out_dir, checkpoint_dir,
-                                     restart, allow_small)
+                                     restart, allow_small, compile_model)
     uri = start(tracking_uri, experiment)
     try:
         summary = submit_grid(name, overrides, backend=backend, backend_config=backend_config,

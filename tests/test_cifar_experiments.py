@@ -284,3 +284,26 @@ def test_a_rerun_continues_only_a_dead_grids_parent_of_the_same_config(mlflow_st
         pass  # the config changed since the grid died: its own parent
     assert changed.info.run_id not in (dead_again.info.run_id, after_finished.info.run_id, dead.info.run_id)
     assert mlflow.get_run(dead_again.info.run_id).info.status == "FAILED"
+
+
+def test_compile_trains_the_same_and_keeps_plain_checkpoint_keys(fake_cifar10, tmp_path):
+    """--compile (nn.Module.compile, real inductor on CPU): same losses and accuracy as eager,
+    and the checkpoint loads into an uncompiled model (no _orig_mod. prefix)."""
+    import torch
+
+    results = {}
+    for compiled in (False, True):
+        path = cnn_experiment("exp1_1", out_dir=str(tmp_path / f"r{compiled}"), seed=1, device="cpu", bs_train=32,
+                              epochs=2, batches=None, early_stopping=None, filters_per_layer=[8], layers_per_block=1,
+                              pool_every=1, hidden_dims=[16], lr=1e-3, reg=0.0, n_train=400, n_valid=100,
+                              allow_small=True, tracking=False, log_model=False, data_dir=str(fake_cifar10),
+                              checkpoint_dir=str(tmp_path / f"c{compiled}"), compile=compiled, print_every=0)
+        results[compiled] = json.loads(Path(path).read_text())
+    eager, comp = results[False], results[True]
+    assert comp["results"]["train_loss"] == pytest.approx(eager["results"]["train_loss"], rel=1e-4)
+    assert comp["final_test"]["test_acc"] == pytest.approx(eager["final_test"]["test_acc"], abs=0.51)
+    (checkpoint,) = (tmp_path / "cTrue").glob("*.pt")
+    keys = list(torch.load(checkpoint, weights_only=True))
+    assert keys and not any("_orig_mod" in k for k in keys)
+    with pytest.raises(ValueError, match="compile must be true or false"):
+        cnn_experiment("exp1_1", compile="yes", tracking=False)

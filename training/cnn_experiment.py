@@ -62,6 +62,7 @@ class Settings:
     # execution (do not change results, so not part of the config hash)
     amp: str = "auto"                  # auto: bf16 autocast on CUDA, off on CPU | bf16 | fp16 | off
     channels_last: str = "auto"        # auto: on CUDA and CPU (conv nets gain 15-30 %) | on | off
+    compile: bool = False              # torch.compile the model (nn.Module.compile: checkpoints keep their keys)
     tracking: bool = True
     grid: Optional[str] = None
     restart: bool = False
@@ -70,7 +71,7 @@ class Settings:
     print_every: int = 1
     dry_run: bool = False              # validate everything (and find the data), train nothing
 
-    EXECUTION_ONLY = ("data_dir", "download", "amp", "channels_last", "tracking", "grid", "restart",
+    EXECUTION_ONLY = ("data_dir", "download", "amp", "channels_last", "compile", "tracking", "grid", "restart",
                       "checkpoint_dir", "log_model", "print_every", "dry_run")
 
     @classmethod
@@ -104,6 +105,8 @@ class Settings:
         if not 0.0 < float(self.lookahead_decay) < 1.0:
             raise ValueError(f"lookahead_decay must be in (0, 1), got {self.lookahead_decay!r}")
         make_loss("cross_entropy", self.label_smoothing)
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be true or false, got {self.compile!r}")
         for name, value, valid in (("amp", self.amp, ("auto", "bf16", "fp16", "off")),
                                    ("channels_last", self.channels_last, ("auto", "on", "off"))):
             if value not in valid:
@@ -268,6 +271,8 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
     for module in model.modules():  # data-dependent init (YourCNN's whitening stem), before any snapshot
         if hasattr(module, "init_from_data"):
             module.init_from_data(dl_train.first_images(settings.whiten_images))
+    if settings.compile:  # after the data-dependent init; in place, so state_dict keys stay plain
+        model.compile()
     optimizer = make_optimizer(model, settings.optimizer_spec(lr, reg))
     scheduler, interval = make_scheduler(optimizer, settings.lr_schedule, epochs, len(dl_train_epoch),
                                          settings.warmup_frac, settings.lr_start_frac, settings.lr_end_frac)
