@@ -9,6 +9,7 @@ import pandas as pd
 
 from analysis.answers_common import (RECIPE_KEYS, best_row, cifar_table, figs, acc_pairs, recipe_caveat,
                                      recipe_differences, recipe_line, untrainable_text)
+from analysis import query
 from analysis.data import ReportData, not_trainable
 from analysis.text import bullet, count, missing_note, num, pct, points, recipe, trend
 
@@ -208,6 +209,23 @@ def part3_q4(data: ReportData, out_dir: Path) -> str:
     return "\n\n".join([head, *_cifar_section(data, "exp1_4", out_dir), *text])
 
 
+def history_lines(data: ReportData, best: pd.Series) -> List[str]:
+    """How the best configuration's recipe got there: its earlier finished runs in this store,
+    each with what changed from the one before (runs with another config hash)."""
+    attempts = query.recipe_attempts("exp2", best["run_name"], data.experiment)
+    if len(attempts) < 2:
+        return []
+    steps = []
+    for i, row in attempts.iterrows():
+        if i == 0:
+            steps.append(f"{pct(row['test_acc'])} (first run)")
+            continue
+        diff = ", ".join(f"`{k}` {a!r} → {b!r}" for k, (a, b) in sorted(row["changed"].items())) or "no param change"
+        steps.append(f"{pct(row['test_acc'])} after {diff}")
+    return [f"Recipe history of {best['run_name']} in this store (finished runs, oldest first): " + "; ".join(steps)
+            + "."]
+
+
 def reference_lines(data: ReportData, best: pd.Series) -> List[str]:
     """The calibration: what an independent re-implementation of a published recipe (bench/
     airbench_reference.py, logged with grid=reference) reached on the same data."""
@@ -260,6 +278,7 @@ def part3_q5(data: ReportData, out_dir: Path) -> str:
     else:
         lines.append("Experiment 1 has not been run in this store, so there is no comparison: "
                      + ", ".join(f"`{g}`" for g in ("exp1_1", "exp1_2", "exp1_3", "exp1_4")) + " are missing.")
+    lines += history_lines(data, best)
     lines += reference_lines(data, best)
     bad, criterion = untrainable_text(df)
     lines.append(f"Not trainable {criterion}: {', '.join(bad) if bad else 'none, at any depth'}"

@@ -183,6 +183,26 @@ def parent_run_id(grid: str, experiment: Optional[str] = None) -> Optional[str]:
     return str(pool.sort_values("start_time", ascending=False)["run_id"].iloc[0])
 
 
+def recipe_attempts(grid: str, run_name: str, experiment: Optional[str] = None) -> pd.DataFrame:
+    """Every FINISHED run of one configuration (e.g. exp2_L3_K32-64-128), oldest first: the
+    recipe's history. Columns: run_id, start_time, test_acc, and `changed`: the params (as
+    {name: (previous value, this value)}) that differ from the previous attempt's."""
+    runs = search(f"tags.{tracking.GRID_TAG} = '{grid}' and attributes.run_name = '{run_name}' "
+                  f"and attributes.status = 'FINISHED'", experiment)
+    if not len(runs):
+        return pd.DataFrame(columns=["run_id", "start_time", "test_acc", "changed"])
+    runs = runs.sort_values("start_time").reset_index(drop=True)
+    params = [c for c in runs.columns if c.startswith("params.")]
+    changed, previous = [], None
+    for _, row in runs.iterrows():
+        current = {c[len("params."):]: parse_param(row[c]) for c in params}
+        changed.append({} if previous is None else
+                       {k: (previous.get(k), v) for k, v in current.items() if repr(previous.get(k)) != repr(v)})
+        previous = current
+    return pd.DataFrame({"run_id": runs["run_id"], "start_time": runs["start_time"],
+                         "test_acc": _col(runs, "metrics.test_acc"), "changed": changed})
+
+
 REFERENCE_TAG_VALUE = "reference"  # bench/airbench_reference.py logs its calibration runs with grid=reference
 
 

@@ -378,3 +378,23 @@ def test_calibration_run_of_the_reference_recipe_reaches_the_exp2_answer(mlflow_
 def test_exp2_answer_says_when_there_is_no_calibration_run(mlflow_store, tmp_path):
     _log_cifar_grid("exp2", lambda kw: 90.0, only=("L3_K32-64-128",))
     assert "No calibration run in this store" in build_report(tmp_path / "r", log_artifacts=False).answers.read_text()
+
+
+def test_exp2_answer_traces_the_best_configurations_recipe_history(mlflow_store, tmp_path):
+    """Earlier finished runs of the best configuration (other recipes) appear oldest first, each
+    with the params that changed: the answer shows what moved the figure, from the runs."""
+    _log_cifar_grid("exp2", lambda kw: 88.0, only=("L3_K32-64-128",))
+    name = "exp2_L3_K32-64-128"
+    with tracking.open_run("exp2", tags={tracking.GRID_TAG: "exp2", tracking.ROLE_TAG: "parent"}):
+        with tracking.open_run(name, tags={tracking.GRID_TAG: "exp2", tracking.ROLE_TAG: "child",
+                                           tracking.HASH_TAG: "newer"}):
+            first = MlflowClient().get_run(query.recipe_attempts("exp2", name).run_id.iloc[0]).data.params
+            tracking.log_params({**first, "lr": "0.9", "model_kwargs.width_mult": "2"})
+            tracking.log_metrics(dict(train_acc=95.0, valid_acc=91.0, train_loss=1.0, valid_loss=1.0), step=1)
+            tracking.log_metrics(dict(test_acc=91.25, best_valid_acc=91.0, best_epoch=1), step=1)
+    attempts = query.recipe_attempts("exp2", name)
+    assert list(attempts.test_acc) == [87.5, 91.25]
+    assert attempts.changed.iloc[1] == {"lr": (1.3, 0.9), "model_kwargs.width_mult": (4, 2)}
+    md = build_report(tmp_path / "r", log_artifacts=False).answers.read_text()
+    assert (f"Recipe history of {name} in this store (finished runs, oldest first): 87.5% (first run); 91.2% after "
+            f"`lr` 1.3 → 0.9, `model_kwargs.width_mult` 4 → 2.") in md
