@@ -8,6 +8,8 @@ rewritten after every step (so a killed run still leaves its figures):
   1. exp2 (YourCNN) at L=3 and L=6, full size: 10 epochs x 45000 images, test accuracy, wall time;
   2. epoch time of every configuration of test_run, exp1_1..exp1_4 at full size (2 short
      epochs each, the second one timed) and the extrapolated time of the whole programme;
+  2b. torch.compile against eager (2 short epochs: the first carries the compile): exp1_1_L2_K32
+     (launch-bound: eager, reduce-overhead, default) and exp2 L=3 (eager, default);
   3. exp2 at L=9 and L=12, then deeper rows (L=18, L=30) while time remains.
 Runs without MLflow (tracking off): it measures the training path only.
 """
@@ -140,6 +142,27 @@ def main():
                      if "full_epoch_train_s" in v)
     report["exp1_extrapolated_train_s_at_max_epochs"] = round(exp1_total, 1)
     save()
+
+    # 2b. torch.compile: the first epoch pays the compile; is the steady epoch faster enough to repay it?
+    for label, base, modes in (("exp1_1_L2_K32", expand_grid(load_grid_config("exp1_1"))[0],
+                                (False, "reduce-overhead", True)), ("exp2_L3", by_l[3], (False, True))):
+        timing = {}
+        for compiled in modes:
+            if time_left() < 60:
+                report["notes"].append(f"skipped compile={compiled} timing of {label}: deadline")
+                continue
+            try:
+                res, wall = run_config({**base, "epochs": 2, "early_stopping": None, "allow_small": True,
+                                        "batches": 20, "n_valid": N_VALID,
+                                        **{k: v for k, v in smoke.items() if k not in ("epochs", "bs_train")}},
+                                       out_dir, args.data_dir, compile=compiled)
+                timing[f"compile={compiled}"] = dict(
+                    epoch_s=[round(e["epoch_time_s"], 2) for e in res["epochs"]],
+                    train_images_per_s=round(res["epochs"][-1]["train_images_per_s"]))
+            except Exception as e:
+                timing[f"compile={compiled}"] = {"error": f"{type(e).__name__}: {e}"}
+        report.setdefault("compile", {})[label] = timing
+        save()
 
     exp2_run(9)
     exp2_run(12)

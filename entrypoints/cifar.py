@@ -56,18 +56,22 @@ def one_config_options(f):
                           "ones resume."),
         click.option("--allow-small", type=click.BOOL, default=False, show_default=True,
                      help="true: allow fewer than 30000 train / 5000 validation images (smoke runs)."),
-        click.option("--compile", "compile_model", type=click.BOOL, default=False, show_default=True,
-                     help="true: torch.compile each model (pays off on GPUs for long runs; the first epoch "
-                          "carries the compile time). Results are the same; not part of the config hash."),
+        click.option("--compile", "compile_model", type=click.Choice(["false", "true", "reduce-overhead",
+                                                                       "max-autotune"]),
+                     default="false", show_default=True,
+                     help="torch.compile each model: true (default mode), reduce-overhead (CUDA graphs, for the "
+                          "small launch-bound exp1 nets) or max-autotune. The first epoch carries the compile "
+                          "time; results are the same, and it is not part of the config hash."),
     ]):
         f = opt(f)
     return f
 
 
 def one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, device, out_dir, checkpoint_dir,
-                         restart, allow_small, compile_model=False) -> dict:
+                         restart, allow_small, compile_model="false") -> dict:
     options = dict(n_train=n_train, n_valid=n_valid, data_dir=data_dir, restart=restart or None,
-                   allow_small=allow_small or None, checkpoint_dir=checkpoint_dir, compile=compile_model or None)
+                   allow_small=allow_small or None, checkpoint_dir=checkpoint_dir,
+                   compile={"false": None, "true": True}.get(compile_model, compile_model))
     return dict(epochs=epochs, batches=batches, bs_train=bs_train, device=device, out_dir=out_dir,
                 options={k: v for k, v in options.items() if v is not None})
 

@@ -305,5 +305,6 @@ def test_compile_trains_the_same_and_keeps_plain_checkpoint_keys(fake_cifar10, t
     (checkpoint,) = (tmp_path / "cTrue").glob("*.pt")
     keys = list(torch.load(checkpoint, weights_only=True))
     assert keys and not any("_orig_mod" in k for k in keys)
-    with pytest.raises(ValueError, match="compile must be true or false"):
+    with pytest.raises(ValueError, match=r"compile must be one of \[False, True, 'reduce-overhead', 'max-autotune'\], "
+                                         r"got 'yes'"):
         cnn_experiment("exp1_1", compile="yes", tracking=False)

@@ -11,7 +11,7 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 
@@ -28,6 +28,9 @@ def model_types() -> Dict[str, type]:
     from models.cnn import CNN, ResNet, YourCNN
 
     return {"cnn": CNN, "resnet": ResNet, "ycn": YourCNN}
+
+
+COMPILE_MODES = (False, True, "reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -62,7 +65,8 @@ class Settings:
     # execution (do not change results, so not part of the config hash)
     amp: str = "auto"                  # auto: bf16 autocast on CUDA, off on CPU | bf16 | fp16 | off
     channels_last: str = "auto"        # auto: on CUDA and CPU (conv nets gain 15-30 %) | on | off
-    compile: bool = False              # torch.compile the model (nn.Module.compile: checkpoints keep their keys)
+    compile: Union[bool, str] = False  # torch.compile: True (default mode), "reduce-overhead" (CUDA graphs:
+                                       # small, launch-bound models) or "max-autotune"; checkpoints keep their keys
     tracking: bool = True
     grid: Optional[str] = None
     restart: bool = False
@@ -105,8 +109,8 @@ class Settings:
         if not 0.0 < float(self.lookahead_decay) < 1.0:
             raise ValueError(f"lookahead_decay must be in (0, 1), got {self.lookahead_decay!r}")
         make_loss("cross_entropy", self.label_smoothing)
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"compile must be true or false, got {self.compile!r}")
+        if not (isinstance(self.compile, bool) or self.compile in COMPILE_MODES[2:]):
+            raise ValueError(f"compile must be one of {list(COMPILE_MODES)}, got {self.compile!r}")
         for name, value, valid in (("amp", self.amp, ("auto", "bf16", "fp16", "off")),
                                    ("channels_last", self.channels_last, ("auto", "on", "off"))):
             if value not in valid:
@@ -272,7 +276,7 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
         if hasattr(module, "init_from_data"):
             module.init_from_data(dl_train.first_images(settings.whiten_images))
     if settings.compile:  # after the data-dependent init; in place, so state_dict keys stay plain
-        model.compile()
+        model.compile(mode=None if settings.compile is True else settings.compile)
     optimizer = make_optimizer(model, settings.optimizer_spec(lr, reg))
     scheduler, interval = make_scheduler(optimizer, settings.lr_schedule, epochs, len(dl_train_epoch),
                                          settings.warmup_frac, settings.lr_start_frac, settings.lr_end_frac)
