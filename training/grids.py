@@ -127,8 +127,8 @@ def grid_parent_run(name: str, cfg: Mapping[str, Any], runs: List[Dict[str, Any]
 
 def _continuable_parent(name: str, params: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
     """The newest parent run of grid `name` in this experiment (its search_runs row) if it ended
-    FAILED or KILLED and its params equal `params`; None otherwise, or when the parent is not archlab's to choose
-    (inside an active run, or launched by `mlflow run`)."""
+    FAILED or KILLED and its params equal `params`; None otherwise, and whenever the parent is not
+    archlab's to choose (inside an active run, or launched by `mlflow run`)."""
     import os
 
     import mlflow
