@@ -233,7 +233,8 @@ def reference_lines(data: ReportData, best: pd.Series) -> List[str]:
     if not len(ref):
         return ["No calibration run in this store (`python bench/airbench_reference.py --data-dir DIR --mlflow` "
                 "logs one): nothing says how hard this copy of CIFAR-10 is for a published recipe."]
-    r = ref.iloc[0]
+    same_size = ref[ref["n_train"] == best.get("n_train")]  # like for like when there is one
+    r = (same_size if len(same_size) else ref).iloc[0]
     d = best["test_acc"] - r["test_acc_tta"]
     return [f"Calibration: `{r['run_name']}`, an independent airbench94 (94.0% published on the original data in "
             f"under 10 epochs), reached {pct(r['test_acc_tta'])} with test-time augmentation ({pct(r['test_acc'])} "
