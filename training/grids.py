@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from training.config import load_config
@@ -129,8 +130,6 @@ def _continuable_parent(name: str, params: Mapping[str, Any]) -> Optional[Mappin
     """The newest parent run of grid `name` in this experiment (its search_runs row) if it ended
     FAILED or KILLED and its params equal `params`; None otherwise, and whenever the parent is not
     archlab's to choose (inside an active run, or launched by `mlflow run`)."""
-    import os
-
     import mlflow
 
     from training import tracking
