@@ -11,7 +11,10 @@ import sys
 import click
 
 from entrypoints.common import auto_is_none, print_where, resolve_device, start, tracking_options, zero_is_none
+from training.config import COMPILE_MODES
 from training.grids import GRIDS
+
+COMPILE_CHOICES = [str(m).lower() for m in COMPILE_MODES]  # false, true, reduce-overhead, max-autotune
 
 
 def device_list(ctx, param, value):
@@ -56,8 +59,7 @@ def one_config_options(f):
                           "ones resume."),
         click.option("--allow-small", type=click.BOOL, default=False, show_default=True,
                      help="true: allow fewer than 30000 train / 5000 validation images (smoke runs)."),
-        click.option("--compile", "compile_model", type=click.Choice(["false", "true", "reduce-overhead",
-                                                                       "max-autotune"]),
+        click.option("--compile", "compile_model", type=click.Choice(COMPILE_CHOICES),
                      default="false", show_default=True,
                      help="torch.compile each model: true (default mode), reduce-overhead (CUDA graphs, for the "
                           "small launch-bound exp1 nets) or max-autotune. The first epoch carries the compile "

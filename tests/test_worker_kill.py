@@ -82,6 +82,20 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def _run_in_own_session(script: str, cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """subprocess.run, but in its own process group, all of which dies on timeout: the grid driver
+    starts a private mlflow server, which a plain run(timeout=...) would leave orphaned."""
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the rerun did not finish in {timeout} s:\n" + (out + err)[-3000:])
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def test_sigkill_of_a_parallel_worker_then_rerun_resumes(mlflow_store, tmp_path):
     root = write_fake_cifar10(tmp_path / "data", n_train_per_batch=200, n_test=100)
     config = tmp_path / "worker_kill_grid.yaml"
@@ -137,8 +151,7 @@ def test_sigkill_of_a_parallel_worker_then_rerun_resumes(mlflow_store, tmp_path)
     parents = tracking.find_runs(f"tags.grid = '{config}' and tags.`archlab.role` = 'parent'")
     assert len(parents) == 1 and parents["status"].iloc[0] == "FAILED"  # the driver ended its run with the error
 
-    rerun = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=subprocess_env(mlflow_store),
-                           capture_output=True, text=True, timeout=120)
+    rerun = _run_in_own_session(script, cwd=tmp_path, env=subprocess_env(mlflow_store), timeout=180)
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
     assert f"Resuming MLflow run {killed_run} of {killed_label}" in rerun.stdout, rerun.stdout[-3000:]
     assert "another process is training it" not in rerun.stdout  # no stale lock blocks the rerun

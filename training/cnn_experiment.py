@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 
-from training.config import config_hash
+from training.config import COMPILE_MODES, config_hash
 from training.results import FitResult
 from training.results_io import experiment_name, save_experiment
 from models.cnn import tta_off
@@ -28,9 +28,6 @@ def model_types() -> Dict[str, type]:
     from models.cnn import CNN, ResNet, YourCNN
 
     return {"cnn": CNN, "resnet": ResNet, "ycn": YourCNN}
-
-
-COMPILE_MODES = (False, True, "reduce-overhead", "max-autotune")
 
 
 @dataclass
