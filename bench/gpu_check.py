@@ -10,6 +10,8 @@ rewritten after every step (so a killed run still leaves its figures):
      epochs each, the second one timed) and the extrapolated time of the whole programme;
   2b. torch.compile against eager (2 short epochs: the first carries the compile): exp1_1_L2_K32
      (launch-bound: eager, reduce-overhead, default) and exp2 L=3 (eager, default);
+  2c. grid workers sharing the GPU (bench/gpu_sharing.py): aggregate throughput of 1/2/4/8
+     concurrent workers, and the exp1 time divided by the best worst-case speedup;
   3. exp2 at L=9 and L=12, then deeper rows (L=18, L=30) while time remains.
 Runs without MLflow (tracking off): it measures the training path only.
 """
@@ -163,6 +165,23 @@ def main():
                 timing[f"compile={compiled}"] = {"error": f"{type(e).__name__}: {e}"}
         report.setdefault("compile", {})[label] = timing
         save()
+
+    # 2c. grid workers sharing the one GPU: launch-bound exp1 nets leave it mostly idle
+    if time_left() > 90:
+        from bench import gpu_sharing
+
+        tiny = dict(batches=dict.fromkeys(gpu_sharing.CASES, 2), n_train=N_TRAIN, warmup=1) if args.smoke else {}
+        sharing = gpu_sharing.run(args.data_dir, "cuda" if torch.cuda.is_available() else "cpu",
+                                  [1, 2] if args.smoke else [1, 2, 4, 8], deadline_s=time_left() - 60, **tiny)
+        report["gpu_sharing"] = sharing
+        speedups = sharing["worst_case_speedup_by_workers"]
+        if speedups and exp1_total:
+            w, s = max(speedups.items(), key=lambda kv: kv[1])
+            report["exp1_extrapolated_train_s_best_workers"] = dict(
+                workers=int(w), worst_case_speedup=s, train_s=round(exp1_total / s, 1))
+        save()
+    else:
+        report["notes"].append("skipped GPU sharing: deadline")
 
     exp2_run(9)
     exp2_run(12)

@@ -1,0 +1,33 @@
+"""bench/gpu_sharing.py, the GPU check's worker-sharing step, run for real on the CPU and tiny data:
+its workers train concurrently (they meet at the barrier), and every figure adds up."""
+import pytest
+
+from bench import gpu_sharing
+from cifar_fixtures import write_fake_cifar10
+
+
+def test_gpu_sharing_times_concurrent_workers_and_reports_their_speedup(tmp_path):
+    root = write_fake_cifar10(tmp_path / "data", n_train_per_batch=100, n_test=50)
+    report = gpu_sharing.run(str(root), "cpu", [1, 2], batches=dict.fromkeys(gpu_sharing.CASES, 2), n_train=400,
+                             warmup=1)
+    assert set(report["cases"]) == set(gpu_sharing.CASES) and not report["notes"]
+    for case, rows in report["cases"].items():
+        bs = gpu_sharing.case_kwargs(case)["bs_train"]
+        assert [r["workers"] for r in rows] == [1, 2], rows
+        for r in rows:
+            assert "error" not in r, r
+            assert r["images"] == r["workers"] * 2 * bs
+            assert r["aggregate_images_per_s"] == pytest.approx(r["images"] / r["span_s"], rel=0.01)  # span rounded
+            # the workers start together: each one's timed span lies within the aggregate span
+            assert len(r["per_worker_s"]) == r["workers"] and max(r["per_worker_s"]) <= r["span_s"] + 1e-3
+        assert rows[0]["speedup_vs_1"] == 1.0
+        speedup = rows[1]["aggregate_images_per_s"] / rows[0]["aggregate_images_per_s"]
+        assert rows[1]["speedup_vs_1"] == round(speedup, 2)
+    worst = report["worst_case_speedup_by_workers"]
+    assert worst["2"] == min(rows[1]["speedup_vs_1"] for rows in report["cases"].values())
+
+
+def test_gpu_sharing_skips_what_the_deadline_leaves_no_time_for(tmp_path):
+    report = gpu_sharing.run(str(tmp_path), "cpu", [1, 2], deadline_s=-1)
+    assert report["cases"] == {case: [] for case in gpu_sharing.CASES}
+    assert len(report["notes"]) == 4 and report["worst_case_speedup_by_workers"] == {}
