@@ -156,7 +156,7 @@ def main():
             try:
                 res, wall = run_config({**base, "epochs": 2, "early_stopping": None, "allow_small": True,
                                         "batches": 20, "n_valid": N_VALID,
-                                        **{k: v for k, v in smoke.items() if k not in ("epochs", "bs_train")}},
+                                        **{k: v for k, v in smoke.items() if k != "epochs"}},
                                        out_dir, args.data_dir, compile=compiled)
                 timing[f"compile={compiled}"] = dict(
                     epoch_s=[round(e["epoch_time_s"], 2) for e in res["epochs"]],
