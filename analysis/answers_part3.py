@@ -282,8 +282,18 @@ def part3_q5(data: ReportData, out_dir: Path) -> str:
     lines += history_lines(data, best)
     lines += reference_lines(data, best)
     bad, criterion = untrainable_text(df)
-    lines.append(f"Not trainable {criterion}: {', '.join(bad) if bad else 'none, at any depth'}"
-                 + ("; the kept-in-check residual stages keep the deep versions trainable, unlike the plain "
-                    "nets of experiment 1." if not bad else "."))
+    depths = sorted(set(int(L) for L in fin["L"]))
+    if bad:
+        lines.append(f"Not trainable {criterion}: {', '.join(bad)}.")
+    elif len(depths) > 1:
+        lines.append(f"Not trainable {criterion}: none, at any finished depth (L={', '.join(map(str, depths))}); the "
+                     "kept-in-check residual stages keep the deep versions trainable, unlike the plain nets of "
+                     "experiment 1.")
+    else:
+        lines.append(f"Not trainable {criterion}: none, but only L={depths[0]} has finished, so depth is not tested "
+                     "here yet.")
+    running = df.loc[df["status"] == "RUNNING", "label"].tolist()
+    if running:
+        lines.append(f"Still running, so not in the figures above: {', '.join(running)}.")
     return "\n\n".join([head, design, training, "**Results of experiment 2.**", cifar_table(data, "exp2"),
                         figs(data, "exp2", out_dir, "exp2"), "**2. Analysis.**\n\n" + bullet(lines)])

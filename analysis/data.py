@@ -45,10 +45,11 @@ class ReportData:
 
 def not_trainable(df: pd.DataFrame) -> pd.DataFrame:
     """Configurations that did not learn: diverged (NaN/inf loss), or best validation accuracy
-    within NOT_TRAINABLE_MARGIN points of chance."""
+    within NOT_TRAINABLE_MARGIN points of chance. A run with no validation epoch yet (just started,
+    or crashed before one) is not judged: nothing says it could not learn."""
     if not len(df):
         return df
-    low = df["best_valid_acc"].fillna(0.0) <= CHANCE_ACC + NOT_TRAINABLE_MARGIN if "best_valid_acc" in df else False
+    low = df["best_valid_acc"] <= CHANCE_ACC + NOT_TRAINABLE_MARGIN if "best_valid_acc" in df else False
     return df[df["diverged"] | low]
 
 

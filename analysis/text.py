@@ -61,7 +61,8 @@ def listing(pairs: Sequence[Tuple[Any, float]], name: str) -> str:
 def trend(pairs: Sequence[Tuple[Any, float]], name: str, flat_within: float = 1.0) -> str:
     """A sentence describing how accuracy moves along `name` (pairs sorted by the x value)."""
     if len(pairs) < 2:
-        return f"only {name}={pairs[0][0]} was run" if pairs else f"no finished runs along {name}"
+        return (f"is known only at {name}={pairs[0][0]} ({pct(pairs[0][1])}): no other {name} has finished" if pairs
+                else f"is unknown: no run along {name} has finished")
     xs, ys = [p[0] for p in pairs], [float(p[1]) for p in pairs]
     lo, hi = min(ys), max(ys)
     best, worst = xs[ys.index(hi)], xs[ys.index(lo)]

@@ -109,7 +109,8 @@ def test_trend_sentences_follow_the_numbers():
     assert trend([(2, 90.0), (4, 85.0)], "L").startswith("falls with L")
     assert trend([(2, 80.0), (4, 90.0), (8, 70.0)], "L").startswith("is not monotonic in L (best at L=4, worst at L=8)")
     assert trend([(2, 80.0), (4, 80.5)], "L").startswith("is flat along L")
-    assert trend([(2, 80.0)], "L") == "only L=2 was run"
+    assert trend([(2, 80.0)], "L") == "is known only at L=2 (80.0%): no other L has finished"
+    assert trend([], "L") == "is unknown: no run along L has finished"
 
 
 def test_grid_runs_one_typed_row_per_configuration(full_store):
@@ -195,7 +196,7 @@ def test_report_cli_builds_every_figure_and_answer(full_store, tmp_path):
     for grid in ("exp1_2", "exp1_3", "exp1_4", "exp2"):
         assert f"**`{grid}` has not been run in this store**" in md
     assert "neither depth=1, width=128 nor depth=4, width=32 has been run" in md
-    assert "only width=32 was run" in md  # a single cell per depth: no trend is invented
+    assert "is known only at width=32" in md  # a single cell per depth: no trend is invented
 
     # numbers in the text are the runs' numbers
     mlp = query.grid_runs("mlp_grid").set_index("label")
@@ -336,6 +337,24 @@ def test_answers_cover_every_cifar_experiment_when_present(mlflow_store, tmp_pat
     # paired comparisons: plain vs residual at equal K and L, shared 1.1/1.2 configurations
     assert "L8_K32: plain exp1_1" in md and "L2_K64-128-256: plain exp1_3" in md
     assert "configurations appear in both experiments with the same recipe" in md
+    assert "none, at any finished depth (L=3, 12); the kept-in-check residual stages" in md
+
+
+def test_exp2_answer_judges_only_what_has_finished(mlflow_store, tmp_path):
+    """A configuration still training (no validation epoch yet) is neither called untrainable nor
+    counted as depth evidence; the answer lists it as running."""
+    _log_cifar_grid("exp2", lambda kw: 90.0, only=("L3_K32-64-128",))
+    parent = query.parent_run_id("exp2")
+    client = MlflowClient()
+    running = client.create_run(client.get_run(parent).info.experiment_id, run_name="exp2_L6_K32-64-128", tags={
+        tracking.GRID_TAG: "exp2", tracking.ROLE_TAG: "child", tracking.HASH_TAG: "l6", "mlflow.parentRunId": parent})
+    for key, value in dict(filters_per_layer=[32, 64, 128], layers_per_block=6, model_type="ycn").items():
+        client.log_param(running.info.run_id, key, value)
+    md = build_report(tmp_path / "r", log_artifacts=False).answers.read_text()
+    assert "| exp2_L6_K32-64-128 |" in md and "RUNNING |" in md
+    assert "none, but only L=3 has finished, so depth is not tested here yet." in md
+    assert "Still running, so not in the figures above: L6_K32-64-128." in md
+    assert "Test accuracy is known only at L=3 (89.5%): no other L has finished." in md
 
 
 def test_missing_note_names_the_command_that_runs_the_missing_part():
