@@ -183,7 +183,8 @@ def build_model(cfg: Dict[str, Any], settings: Settings, in_size=(3, 32, 32), nu
     return ArgMaxClassifier(net)
 
 
-def _amp_dtype(settings: Settings, device: torch.device) -> Optional[torch.dtype]:
+def autocast_dtype(settings: Settings, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype a run trains with on `device` (None: fp32); benchmarks reuse it to match."""
     if device.type != "cuda" or settings.amp == "off":
         return None  # bf16 autocast is ~10x slower on CPUs without native bf16
     return torch.float16 if settings.amp == "fp16" else torch.bfloat16
@@ -280,7 +281,7 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
     lookahead = Lookahead(model, epochs * len(dl_train_epoch), settings.lookahead_every, settings.lookahead_decay) \
         if settings.lookahead_every else None
     trainer = ClassifierTrainer(model, make_loss("cross_entropy", settings.label_smoothing), optimizer, device=dev,
-                                scheduler=scheduler, scheduler_interval=interval, amp_dtype=_amp_dtype(settings, dev),
+                                scheduler=scheduler, scheduler_interval=interval, amp_dtype=autocast_dtype(settings, dev),
                                 grad_clip=settings.grad_clip, lookahead=lookahead)
 
     def train_and_test(on_epoch_end=None) -> tuple:
