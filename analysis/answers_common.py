@@ -15,6 +15,7 @@ RECIPE_KEYS = ("model_type", "optimizer", "lr", "reg", "momentum", "nesterov", "
                "hidden_dims", "augment", "crop_padding", "model_kwargs.batchnorm", "model_kwargs.dropout",
                "model_kwargs.width_mult", "model_kwargs.tta", "model_kwargs.stem", "model_kwargs.learn_bn_scale",
                "model_kwargs.dirac_init", "model_kwargs.logit_scale", "model_kwargs.bn_momentum", "bias_lr_scale",
+               "norm_weight_decay",
                "lr_start_frac", "lr_end_frac", "lookahead_every", "lookahead_decay", "seed")
 MLP_RECIPE_KEYS = ("activation", "loss_fn", "optimizer.name", "optimizer.lr", "optimizer.weight_decay",
                    "optimizer.momentum", "lr_schedule", "input_noise_std", "batch_size", "epochs", "seed")

@@ -21,6 +21,27 @@ from bench.gpu_check import run_config, summarise_training  # noqa: E402
 from training.grids import expand_grid, load_grid_config  # noqa: E402
 
 
+def variant_kwargs(base: dict, variant: dict) -> dict:
+    """exp2's L=3 configuration with one variant applied (L, model_kwargs merged, the rest set)."""
+    v = dict(variant)
+    kw = {**base, "layers_per_block": v.pop("L", 3)}
+    kw["model_kwargs"] = {**kw["model_kwargs"], **v.pop("model_kwargs", {})}
+    kw.update(v)
+    return kw
+
+
+def check_variants(base: dict, variants: list, data_dir: str) -> None:
+    """Every variant through cnn_experiment's own checks (layers on the meta device, data located)
+    before the first one trains: a typo must not cost a GPU loan's minutes."""
+    from training.cnn_experiment import cnn_experiment
+
+    for v in variants:
+        try:
+            cnn_experiment(**{**variant_kwargs(base, v), "data_dir": data_dir, "tracking": False, "dry_run": True})
+        except Exception as e:
+            raise SystemExit(f"bad sweep variant {json.dumps(v)}: {type(e).__name__}: {e}") from None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--npz")
@@ -41,21 +62,19 @@ def main():
 
     torch.backends.cudnn.benchmark = True
     base = {r["layers_per_block"]: r for r in expand_grid(load_grid_config("exp2"))}[3]
+    variants = [json.loads(spec) for spec in args.variant]
+    check_variants(base, variants, args.data_dir)
     results = []
-    for spec in args.variant:
-        v = json.loads(spec)
+    for v in variants:
         if time.perf_counter() - t0 > args.deadline:
             results.append({"variant": v, "skipped": "deadline"})
             continue
-        kw = {**base, "layers_per_block": v.pop("L", 3)}
-        kw["model_kwargs"] = {**kw["model_kwargs"], **v.pop("model_kwargs", {})}
-        kw.update(v)
         try:
-            res, wall = run_config(kw, "/tmp/sweep", args.data_dir)
+            res, wall = run_config(variant_kwargs(base, v), "/tmp/sweep", args.data_dir)
             out = summarise_training(res, wall)
         except Exception as e:
             out = {"error": f"{type(e).__name__}: {e}"}
-        results.append({"variant": json.loads(spec), **out})
+        results.append({"variant": v, **out})
         print(json.dumps(results[-1]), flush=True)
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

@@ -147,6 +147,8 @@ CASES: List[Case] = [
     Case("cfg-ycn-frozen-zero-gate", "cnn", _ycn(learn_bn_scale=False, zero_init_residual=True),
          r"zero_init_residual=True needs learn_bn_scale=True: a frozen zero BN scale would switch its residual "
          r"branch off for good", ValueError),
+    Case("cfg-norm-weight-decay-negative", "cnn", _tiny(norm_weight_decay=-0.1),
+         r"optimizer norm_weight_decay must be >= 0.0, got -0.1", ValueError),
     Case("cfg-compile-yes", "cnn", _tiny(compile="yes"),
          r"compile must be one of \[False, True, 'reduce-overhead', 'max-autotune'\], got 'yes'", ValueError),
     Case("grid-override-bs-train-0", "grid", ("test_run", dict(bs_train=0, options=dict(allow_small=True))),

@@ -31,3 +31,24 @@ def test_gpu_sharing_skips_what_the_deadline_leaves_no_time_for(tmp_path):
     report = gpu_sharing.run(str(tmp_path), "cpu", [1, 2], deadline_s=-1)
     assert report["cases"] == {case: [] for case in gpu_sharing.CASES}
     assert len(report["notes"]) == 4 and report["worst_case_speedup_by_workers"] == {}
+
+
+def test_every_committed_sweep_variant_passes_the_checks_and_a_bad_one_stops_the_sweep(tmp_path):
+    """gpu_sweep.py checks all its variants before the first trains: a typo must not cost a GPU loan."""
+    import json
+
+    from bench.gpu_sweep import check_variants, variant_kwargs
+    from conftest import PROJECT_ROOT
+    from training.grids import expand_grid, load_grid_config
+
+    root = write_fake_cifar10(tmp_path / "data", n_train_per_batch=20, n_test=20)
+    base = {r["layers_per_block"]: r for r in expand_grid(load_grid_config("exp2"))}[3]
+    variants = json.loads((PROJECT_ROOT / "bench" / "exp2_next_sweep.json").read_text())
+    check_variants(base, variants, str(root))
+    assert variants[0] == {} and variant_kwargs(base, {}) == base  # the configured recipe comes first
+    kw = variant_kwargs(base, {"L": 6, "model_kwargs": {"learn_bn_scale": True}, "norm_weight_decay": 0.0})
+    assert kw["layers_per_block"] == 6 and kw["norm_weight_decay"] == 0.0
+    assert kw["model_kwargs"] == {**base["model_kwargs"], "learn_bn_scale": True}
+    with pytest.raises(SystemExit, match=r'bad sweep variant \{"norm_weight_decay": -1\}: ValueError: optimizer '
+                                         r"norm_weight_decay must be >= 0.0, got -1.0"):
+        check_variants(base, [{}, {"norm_weight_decay": -1}], str(root))

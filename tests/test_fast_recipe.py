@@ -89,9 +89,63 @@ def test_bias_group_learns_faster_with_the_same_per_step_decay():
     assert fast["lr"] == 1.5 * 64 and fast["lr"] * fast["weight_decay"] == pytest.approx(1.5 * 0.002)
     assert id(whitening.conv.weight) not in {id(p) for g in groups for p in g["params"]}  # frozen
     assert len(param_groups(model, 1.0, 0.0)) == 1
-    with pytest.raises(ValueError, match="bias_lr_scale needs the model"):
+    with pytest.raises(ValueError, match="bias_lr_scale and norm_weight_decay need the model"):
         make_optimizer(model.parameters(), dict(name="sgd", lr=0.1, bias_lr_scale=64))
     assert len(make_optimizer(model, dict(name="sgd", lr=0.1, bias_lr_scale=64)).param_groups) == 2
+
+
+def test_norm_weight_decay_gives_the_learnt_bn_scales_their_own_decay():
+    model = YourCNN(IN, 10, [8, 16], 1, [], stem="whiten")  # learnt BN scales (the default)
+    bn_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    groups = param_groups(model, lr=1.5, weight_decay=0.002, bias_lr_scale=64, norm_weight_decay=0.0)
+    assert len(groups) == 3
+    main, fast, norm = groups
+    assert {id(p) for p in norm["params"]} == bn_weights and norm["weight_decay"] == 0.0 and norm["lr"] == 1.5
+    assert not bn_weights & {id(p) for p in main["params"] + fast["params"]}  # each parameter in one group
+    assert main["weight_decay"] == 0.002
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in trainable)
+    # None: the common decay, one group as before
+    assert len(param_groups(model, 1.0, 0.002, norm_weight_decay=None)) == 1
+    # frozen BN scales (exp2's learn_bn_scale=False): nothing to decay, no empty group
+    frozen = YourCNN(IN, 10, [8, 16], 1, [], learn_bn_scale=False)
+    assert len(param_groups(frozen, 1.0, 0.002, norm_weight_decay=0.0)) == 1
+    with pytest.raises(ValueError, match="bias_lr_scale and norm_weight_decay need the model"):
+        make_optimizer(model.parameters(), dict(name="sgd", lr=0.1, norm_weight_decay=0.0))
+    optimizer = make_optimizer(model, dict(name="sgd", lr=0.1, weight_decay=0.01, norm_weight_decay=0.0))
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
+    # a step with zero gradients moves decayed weights only: the BN scales stay exactly at 1
+    for p in trainable:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(bool((bn.weight == 1).all()) for bn in bns)
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad)
+    assert conv.weight.abs().sum() > 0
+
+
+def test_config_hash_of_logged_runs_stays_put_when_options_are_added():
+    """Runs are found again (skipped when finished, resumed when interrupted) by their config
+    hash, so an option added later must leave it alone at its default. The pinned values are the
+    hashes of exp2's configured runs logged before norm_weight_decay existed."""
+    import inspect
+
+    from training.cnn_experiment import Settings, cnn_experiment, configuration_hash
+    from training.grids import expand_grid, load_grid_config
+
+    def hash_of(kwargs, **extra):
+        bound = inspect.signature(cnn_experiment).bind(**kwargs)
+        bound.apply_defaults()
+        args = dict(bound.arguments)
+        kw = {**args.pop("kw"), **extra}
+        args["bs_test"] = args["bs_test"] or max(args["bs_train"] // 4, 1)  # as cnn_experiment fills it in
+        return configuration_hash({**args, "kw": kw}, Settings.from_kw(kw))
+
+    exp2 = {k["layers_per_block"]: k for k in expand_grid(load_grid_config("exp2"))}
+    assert hash_of(exp2[3]) == "e7e33e497811dd70" and hash_of(exp2[6]) == "f732c1b9b94aea91"
+    assert hash_of(exp2[3], norm_weight_decay=0.0) != hash_of(exp2[3])  # set, it is a different experiment
+    assert "norm_weight_decay" not in Settings().identity()
+    assert Settings(norm_weight_decay=0.0).identity()["norm_weight_decay"] == 0.0
 
 
 def test_triangle_schedule_runs_from_start_to_peak_to_end_fraction():

@@ -48,6 +48,7 @@ class Settings:
     momentum: float = 0.9
     nesterov: bool = False
     bias_lr_scale: float = 1.0         # normalisation biases: lr x this, weight decay / this (airbench: 64)
+    norm_weight_decay: Optional[float] = None  # weight decay of normalisation weights (BN scales); None: reg
     lr_schedule: str = "none"
     warmup_frac: float = 0.2
     lr_start_frac: float = 0.0         # linear_warmup_decay starts at this x lr ...
@@ -74,6 +75,9 @@ class Settings:
 
     EXECUTION_ONLY = ("data_dir", "download", "amp", "channels_last", "compile", "tracking", "grid", "restart",
                       "checkpoint_dir", "log_model", "print_every", "dry_run")
+    # Options added after runs were logged: at their default they stay out of the config hash, so
+    # the runs logged before them still match (skip when finished, resume when interrupted).
+    HASHED_ONLY_WHEN_SET = {"norm_weight_decay": None}
 
     @classmethod
     def from_kw(cls, kw: Dict[str, Any]) -> "Settings":
@@ -114,13 +118,16 @@ class Settings:
                 raise ValueError(f"{name} must be one of {list(valid)}, got {value!r}")
 
     def optimizer_spec(self, lr: float, reg: float) -> Dict[str, Any]:
-        spec = dict(name=self.optimizer, lr=lr, weight_decay=reg, bias_lr_scale=self.bias_lr_scale)
+        spec = dict(name=self.optimizer, lr=lr, weight_decay=reg, bias_lr_scale=self.bias_lr_scale,
+                    norm_weight_decay=self.norm_weight_decay)
         if self.optimizer == "sgd":
             spec.update(momentum=self.momentum, nesterov=self.nesterov)
         return spec
 
     def identity(self) -> Dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in self.EXECUTION_ONLY}
+        """What makes two runs the same experiment (hashed): every result-changing option."""
+        return {k: v for k, v in asdict(self).items() if k not in self.EXECUTION_ONLY
+                and not (k in self.HASHED_ONLY_WHEN_SET and v == self.HASHED_ONLY_WHEN_SET[k])}
 
 
 def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
@@ -190,6 +197,15 @@ def autocast_dtype(settings: Settings, device: torch.device) -> Optional[torch.d
     return torch.float16 if settings.amp == "fp16" else torch.bfloat16
 
 
+def configuration_hash(cfg: Dict[str, Any], settings: Settings) -> str:
+    """The hash a run is tagged with (and its checkpoint named by): equal hash, same experiment.
+    A rerun finds finished and interrupted runs by it, so it must not change for an unchanged
+    configuration (tests pin it)."""
+    name = experiment_name(cfg["run_name"], cfg["filters_per_layer"], cfg["layers_per_block"])
+    identity = {k: v for k, v in cfg.items() if k not in ("out_dir", "device", "checkpoints", "kw", "run_name")}
+    return config_hash({**identity, "name": name, **settings.identity()})
+
+
 def _prior_runs(chash: str):
     """Earlier runs of this exact configuration in the experiment this run will land in."""
     import mlflow
@@ -236,8 +252,7 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
     torch.manual_seed(seed)
     model = build_model(cfg, settings)  # shape errors (maps shrinking below 1x1) surface here
     name = experiment_name(run_name, cfg["filters_per_layer"], layers_per_block)
-    identity = {k: v for k, v in cfg.items() if k not in ("out_dir", "device", "checkpoints", "kw", "run_name")}
-    chash = config_hash({**identity, "name": name, **settings.identity()})
+    chash = configuration_hash(cfg, settings)
     state_base = checkpoints or os.path.join(settings.checkpoint_dir, f"{name}-{chash}.pt")
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
