@@ -5,14 +5,14 @@
 
 In priority order, each step skipped once `--deadline` seconds have passed, the JSON file
 rewritten after every step (so a killed run still leaves its figures):
-  1. exp2 (YourCNN) at L=3 and L=6, full size: 10 epochs x 45000 images, test accuracy, wall time;
-  2. epoch time of every configuration of test_run, exp1_1..exp1_4 at full size (2 short
+  1. epoch time of every configuration of test_run, exp1_1..exp1_4 at full size (2 short
      epochs each, the second one timed) and the extrapolated time of the whole programme;
-  2b. torch.compile against eager (2 short epochs: the first carries the compile): exp1_1_L2_K32
-     (launch-bound: eager, reduce-overhead, default) and exp2 L=3 (eager, default);
-  2c. grid workers sharing the GPU (bench/gpu_sharing.py): aggregate throughput of 1/2/4/8
+  2. grid workers sharing the GPU (bench/gpu_sharing.py): aggregate throughput of 1/2/4/8
      concurrent workers, and the exp1 time divided by the best worst-case speedup;
-  3. exp2 at L=9 and L=12, then deeper rows (L=18, L=30) while time remains.
+  3. torch.compile against eager (2 short epochs: the first carries the compile): exp1_1_L2_K32
+     (launch-bound: eager, reduce-overhead, default) and exp2 L=3 (eager, default);
+  4. exp2 (YourCNN) at full size, 10 epochs x 45000 images: L=3, 6, 9, 12, then deeper rows
+     (L=18, L=30) while time remains; test accuracy, wall time.
 Runs without MLflow (tracking off): it measures the training path only.
 """
 from __future__ import annotations
@@ -112,15 +112,12 @@ def main():
         print(label, report["exp2"][label], flush=True)
         save()
 
-    exp2_run(3)
-    exp2_run(6)
-
-    # 2. epoch time per configuration of every exp1 grid (and test_run), at full size
+    # 1. epoch time per configuration of every exp1 grid (and test_run), at full size
     for grid in ("test_run", "exp1_1", "exp1_2", "exp1_3", "exp1_4"):
         cfg = load_grid_config(grid)
         for kwargs in expand_grid(cfg, dict(options=dict(n_valid=N_VALID)))[:1 if args.smoke else None]:
             label = experiment_name_of(kwargs)
-            if time_left() < 150:
+            if time_left() < 20:
                 report["notes"].append(f"skipped timing {label}: deadline")
                 continue
             try:
@@ -145,7 +142,24 @@ def main():
     report["exp1_extrapolated_train_s_at_max_epochs"] = round(exp1_total, 1)
     save()
 
-    # 2b. torch.compile: the first epoch pays the compile; is the steady epoch faster enough to repay it?
+    # 2. grid workers sharing the one GPU: launch-bound exp1 nets leave it mostly idle
+    if time_left() > 90:
+        from bench import gpu_sharing
+
+        tiny = dict(batches=dict.fromkeys(gpu_sharing.CASES, 2), n_train=N_TRAIN, warmup=1) if args.smoke else {}
+        sharing = gpu_sharing.run(args.data_dir, "cuda" if torch.cuda.is_available() else "cpu",
+                                  [1, 2] if args.smoke else [1, 2, 4, 8], deadline_s=time_left() - 60, **tiny)
+        report["gpu_sharing"] = sharing
+        speedups = sharing["worst_case_speedup_by_workers"]
+        if speedups and exp1_total:
+            w, s = max(speedups.items(), key=lambda kv: kv[1])
+            report["exp1_extrapolated_train_s_best_workers"] = dict(
+                workers=int(w), worst_case_speedup=s, train_s=round(exp1_total / s, 1))
+        save()
+    else:
+        report["notes"].append("skipped GPU sharing: deadline")
+
+    # 3. torch.compile: the first epoch pays the compile; is the steady epoch faster enough to repay it?
     for label, base, modes in (("exp1_1_L2_K32", expand_grid(load_grid_config("exp1_1"))[0],
                                 (False, "reduce-overhead", True)), ("exp2_L3", by_l[3], (False, True))):
         timing = {}
@@ -166,23 +180,9 @@ def main():
         report.setdefault("compile", {})[label] = timing
         save()
 
-    # 2c. grid workers sharing the one GPU: launch-bound exp1 nets leave it mostly idle
-    if time_left() > 90:
-        from bench import gpu_sharing
-
-        tiny = dict(batches=dict.fromkeys(gpu_sharing.CASES, 2), n_train=N_TRAIN, warmup=1) if args.smoke else {}
-        sharing = gpu_sharing.run(args.data_dir, "cuda" if torch.cuda.is_available() else "cpu",
-                                  [1, 2] if args.smoke else [1, 2, 4, 8], deadline_s=time_left() - 60, **tiny)
-        report["gpu_sharing"] = sharing
-        speedups = sharing["worst_case_speedup_by_workers"]
-        if speedups and exp1_total:
-            w, s = max(speedups.items(), key=lambda kv: kv[1])
-            report["exp1_extrapolated_train_s_best_workers"] = dict(
-                workers=int(w), worst_case_speedup=s, train_s=round(exp1_total / s, 1))
-        save()
-    else:
-        report["notes"].append("skipped GPU sharing: deadline")
-
+    # 4. exp2 at full size (gpu_session.sh's sweep trains L=3 and L=6 first, so there these come last)
+    exp2_run(3)
+    exp2_run(6)
     exp2_run(9)
     exp2_run(12)
     exp2_run(6, min_left=90, width_mult=3)
