@@ -1,9 +1,15 @@
-"""bench/gpu_sharing.py, the GPU check's worker-sharing step, run for real on the CPU and tiny data:
-its workers train concurrently (they meet at the barrier), and every figure adds up."""
+"""The GPU scripts' logic, run for real on the CPU and tiny data: bench/gpu_sharing.py (its workers
+train concurrently, meeting at a barrier, and every figure adds up) and bench/gpu_sweep.py's
+up-front check of its variants."""
+import json
+
 import pytest
 
 from bench import gpu_sharing
+from bench.gpu_sweep import check_variants, variant_kwargs
 from cifar_fixtures import write_fake_cifar10
+from conftest import PROJECT_ROOT
+from training.grids import expand_grid, load_grid_config
 
 
 def test_gpu_sharing_times_concurrent_workers_and_reports_their_speedup(tmp_path):
@@ -35,12 +41,6 @@ def test_gpu_sharing_skips_what_the_deadline_leaves_no_time_for(tmp_path):
 
 def test_every_committed_sweep_variant_passes_the_checks_and_a_bad_one_stops_the_sweep(tmp_path):
     """gpu_sweep.py checks all its variants before the first trains: a typo must not cost a GPU loan."""
-    import json
-
-    from bench.gpu_sweep import check_variants, variant_kwargs
-    from conftest import PROJECT_ROOT
-    from training.grids import expand_grid, load_grid_config
-
     root = write_fake_cifar10(tmp_path / "data", n_train_per_batch=20, n_test=20)
     base = {r["layers_per_block"]: r for r in expand_grid(load_grid_config("exp2"))}[3]
     variants = json.loads((PROJECT_ROOT / "bench" / "exp2_next_sweep.json").read_text())
