@@ -73,8 +73,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, bias_lr_scale
         if norm_weight_decay is not None and is_norm and isinstance(weight, nn.Parameter):
             norm_ids.add(id(weight))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [dict(params=[p for p in trainable if id(p) not in fast_ids | norm_ids], lr=lr,
-                   weight_decay=weight_decay)]
+    special = fast_ids | norm_ids
+    groups = [dict(params=[p for p in trainable if id(p) not in special], lr=lr, weight_decay=weight_decay)]
     if fast_ids:
         groups.append(dict(params=[p for p in trainable if id(p) in fast_ids], lr=lr * bias_lr_scale,
                            weight_decay=weight_decay / bias_lr_scale))
