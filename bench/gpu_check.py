@@ -6,7 +6,9 @@
 In priority order, each step skipped once `--deadline` seconds have passed, the JSON file
 rewritten after every step (so a killed run still leaves its figures):
   1. epoch time of every configuration of test_run, exp1_1..exp1_4 at full size (2 short
-     epochs each, the second one timed) and the extrapolated time of the whole programme;
+     epochs each, the second one timed; CUDA-graphed steps, as the runs train) and the
+     extrapolated time of the whole programme; then the same epochs eager for three of them
+     (what the graphs buy);
   2. grid workers sharing the GPU (bench/gpu_sharing.py): aggregate throughput of 1/2/4/8
      concurrent workers, and the exp1 time divided by the best worst-case speedup;
   3. torch.compile against eager (2 short epochs: the first carries the compile): exp1_1_L2_K32
@@ -112,28 +114,35 @@ def main():
         print(label, report["exp2"][label], flush=True)
         save()
 
-    # 1. epoch time per configuration of every exp1 grid (and test_run), at full size
+    def time_epoch(kwargs, planned_max_epochs, **extra):
+        """A configuration's full-size epoch time, from its second short epoch."""
+        # 40 timed batches per epoch is below the programme's image floor on purpose: allow_small
+        res, wall = run_config({**kwargs, "epochs": 2, "early_stopping": None, "allow_small": True,
+                                "batches": 40 if kwargs.get("batches") is None else kwargs["batches"],
+                                **{k: v for k, v in smoke.items() if k not in ("epochs", "bs_train")}},
+                               out_dir, args.data_dir, **extra)
+        e2 = res["epochs"][-1]
+        bs, n_train = kwargs["bs_train"], kwargs.get("n_train") or (50000 - N_VALID)
+        images = n_train if kwargs.get("batches") is None else kwargs["batches"] * bs
+        return dict(train_images_per_s=round(e2["train_images_per_s"]),
+                    full_epoch_train_s=round(images / e2["train_images_per_s"], 2),
+                    planned_max_epochs=planned_max_epochs,
+                    valid_s=round(e2["epoch_time_s"] - 40 * bs / e2["train_images_per_s"], 2)
+                    if kwargs.get("batches") is None else None, execution=res.get("execution"))
+
+    # 1. epoch time per configuration of every exp1 grid (and test_run), at full size, as configured
+    #    (CUDA-graphed training steps where cuda_graphs=auto allows them)
+    exp1 = {}
     for grid in ("test_run", "exp1_1", "exp1_2", "exp1_3", "exp1_4"):
         cfg = load_grid_config(grid)
         for kwargs in expand_grid(cfg, dict(options=dict(n_valid=N_VALID)))[:1 if args.smoke else None]:
             label = experiment_name_of(kwargs)
+            exp1[label] = (kwargs, cfg["epochs"])
             if time_left() < 20:
                 report["notes"].append(f"skipped timing {label}: deadline")
                 continue
             try:
-                # 40 timed batches per epoch is below the programme's image floor on purpose: allow_small
-                res, wall = run_config({**kwargs, "epochs": 2, "early_stopping": None, "allow_small": True,
-                                        "batches": 40 if kwargs.get("batches") is None else kwargs["batches"],
-                                        **{k: v for k, v in smoke.items() if k not in ("epochs", "bs_train")}},
-                                       out_dir, args.data_dir)
-                e2 = res["epochs"][-1]
-                bs, n_train = kwargs["bs_train"], kwargs.get("n_train") or (50000 - N_VALID)
-                images = n_train if kwargs.get("batches") is None else kwargs["batches"] * bs
-                train_s = images / e2["train_images_per_s"]
-                report["epoch_times"][label] = dict(
-                    train_images_per_s=round(e2["train_images_per_s"]), full_epoch_train_s=round(train_s, 2),
-                    planned_max_epochs=cfg["epochs"], valid_s=round(e2["epoch_time_s"] - 40 * bs / e2["train_images_per_s"], 2)
-                    if kwargs.get("batches") is None else None)
+                report["epoch_times"][label] = time_epoch(kwargs, cfg["epochs"])
             except Exception as e:
                 report["epoch_times"][label] = {"error": f"{type(e).__name__}: {e}"}
             save()
@@ -141,6 +150,21 @@ def main():
                      if "full_epoch_train_s" in v)
     report["exp1_extrapolated_train_s_at_max_epochs"] = round(exp1_total, 1)
     save()
+
+    # 1b. what the CUDA graphs buy: the same epochs eager, for the lightest, a deep plain and a ResNet config
+    for label in ("exp1_1_L2_K32", "exp1_1_L16_K64", "exp1_4_L8_K32"):
+        graphed = report["epoch_times"].get(label, {})
+        if label not in exp1 or "full_epoch_train_s" not in graphed or time_left() < 60:
+            report["notes"].append(f"skipped eager timing of {label}")
+            continue
+        try:
+            eager = time_epoch(*exp1[label], cuda_graphs="off")
+            report.setdefault("cuda_graph_speedup", {})[label] = dict(
+                eager_epoch_s=eager["full_epoch_train_s"], graphed_epoch_s=graphed["full_epoch_train_s"],
+                speedup=round(eager["full_epoch_train_s"] / max(graphed["full_epoch_train_s"], 1e-9), 2))
+        except Exception as e:
+            report.setdefault("cuda_graph_speedup", {})[label] = {"error": f"{type(e).__name__}: {e}"}
+        save()
 
     # 2. grid workers sharing the one GPU: launch-bound exp1 nets leave it mostly idle
     if time_left() > 90:

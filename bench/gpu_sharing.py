@@ -46,7 +46,7 @@ def _worker(case: str, device: str, data_dir: str, n_train: int, batches: int, w
     import torch
 
     from training.cifar import DeviceLoader, load_cifar10, make_splits
-    from training.cnn_experiment import Settings, autocast_dtype, build_model, cnn_experiment
+    from training.cnn_experiment import Settings, autocast_dtype, build_model, cnn_experiment, use_cuda_graph
     from training.optim import make_loss, make_optimizer
     from training.trainer import BatchLimit, ClassifierTrainer
 
@@ -60,7 +60,7 @@ def _worker(case: str, device: str, data_dir: str, n_train: int, batches: int, w
     model = build_model(kwargs, settings).to(dev, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, settings.optimizer_spec(kwargs["lr"], kwargs["reg"]))
     trainer = ClassifierTrainer(model, make_loss("cross_entropy", settings.label_smoothing), optimizer, device=dev,
-                                amp_dtype=autocast_dtype(settings, dev))
+                                amp_dtype=autocast_dtype(settings, dev), cuda_graph=use_cuda_graph(settings, dev))
     train, _, _ = make_splits(load_cifar10(data_dir), n_train=n_train, n_valid=0, seed=42)
     loader = DeviceLoader(train.x, train.y, kwargs["bs_train"], device=dev, shuffle=True, drop_last=True,
                           augment=settings.augment, crop_padding=settings.crop_padding, seed=rank, channels_last=True)

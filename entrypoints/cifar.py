@@ -61,19 +61,25 @@ def one_config_options(f):
                      help="true: allow fewer than 30000 train / 5000 validation images (smoke runs)."),
         click.option("--compile", "compile_model", type=click.Choice(COMPILE_CHOICES),
                      default="false", show_default=True,
-                     help="torch.compile each model: true (default mode), reduce-overhead (CUDA graphs, for the "
-                          "small launch-bound exp1 nets) or max-autotune. The first epoch carries the compile "
+                     help="torch.compile each model: true (default mode), reduce-overhead (compiled CUDA graphs, "
+                          "in place of --cuda-graphs) or max-autotune. The first epoch carries the compile "
                           "time; results are the same, and it is not part of the config hash."),
+        click.option("--cuda-graphs", "cuda_graphs", type=click.Choice(["auto", "on", "off"]),
+                     default="auto", show_default=True,
+                     help="Replay each training step as one CUDA graph. auto: on CUDA with a constant lr and no "
+                          "--compile (the launch-bound exp1 nets); on: refuse a run where it cannot work; off: "
+                          "eager. Not part of the config hash."),
     ]):
         f = opt(f)
     return f
 
 
 def one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, device, out_dir, checkpoint_dir,
-                         restart, allow_small, compile_model="false") -> dict:
+                         restart, allow_small, compile_model="false", cuda_graphs="auto") -> dict:
     options = dict(n_train=n_train, n_valid=n_valid, data_dir=data_dir, restart=restart or None,
                    allow_small=allow_small or None, checkpoint_dir=checkpoint_dir,
-                   compile={"false": None, "true": True}.get(compile_model, compile_model))
+                   compile={"false": None, "true": True}.get(compile_model, compile_model),
+                   cuda_graphs=None if cuda_graphs == "auto" else cuda_graphs)
     return dict(epochs=epochs, batches=batches, bs_train=bs_train, device=device, out_dir=out_dir,
                 options={k: v for k, v in options.items() if v is not None})
 
@@ -92,14 +98,15 @@ def one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, 
               help="Comma-separated configurations to train (child run names, e.g. exp2_L3_K32-64-128); default all.")
 @tracking_options
 def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, device, out_dir, checkpoint_dir,
-         restart, allow_small, compile_model, download, workers, devices, only, tracking_uri, experiment):
+         restart, allow_small, compile_model, cuda_graphs, download, workers, devices, only, tracking_uri,
+         experiment):
     """Run (or continue) experiment grid NAME: a parent run with one child run per configuration."""
     from training.grids import run_grid
     from training.parallel import WorkerDiedError
 
     workers = workers or len(devices or []) or 1
     overrides = one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, resolve_device(device),
-                                     out_dir, checkpoint_dir, restart, allow_small, compile_model)
+                                     out_dir, checkpoint_dir, restart, allow_small, compile_model, cuda_graphs)
     if download:
         overrides["options"]["download"] = True
     uri = start(tracking_uri, experiment)
@@ -147,14 +154,15 @@ def config(name, config_name, overrides, tracking_uri, experiment):
 @one_config_options
 @tracking_options
 def submit(name, backend, backend_config, project_uri, only, epochs, batches, bs_train, n_train, n_valid, data_dir,
-           device, out_dir, checkpoint_dir, restart, allow_small, compile_model, tracking_uri, experiment):
+           device, out_dir, checkpoint_dir, restart, allow_small, compile_model, cuda_graphs, tracking_uri,
+           experiment):
     """Submit grid NAME as one MLflow project run per configuration (children of one parent run) on
     the chosen backend: local, or kubernetes (docker_env project, one Job each; deploy/kubernetes)."""
     from training.submit import submit_grid
 
     overrides = one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir,
                                      None if device in (None, "", "auto") else device, out_dir, checkpoint_dir,
-                                     restart, allow_small, compile_model)
+                                     restart, allow_small, compile_model, cuda_graphs)
     uri = start(tracking_uri, experiment)
     try:
         summary = submit_grid(name, overrides, backend=backend, backend_config=backend_config,

@@ -65,6 +65,8 @@ class Settings:
     channels_last: str = "auto"        # auto: on CUDA and CPU (conv nets gain 15-30 %) | on | off
     compile: Union[bool, str] = False  # torch.compile: True (default mode), "reduce-overhead" (CUDA graphs:
                                        # small, launch-bound models) or "max-autotune"; checkpoints keep their keys
+    cuda_graphs: str = "auto"          # replay each training step as one CUDA graph (training.cuda_graph). auto: on
+                                       # CUDA with a constant lr and no compile (exp1's launch-bound nets) | on | off
     tracking: bool = True
     grid: Optional[str] = None
     restart: bool = False
@@ -73,8 +75,8 @@ class Settings:
     print_every: int = 1
     dry_run: bool = False              # validate everything (and find the data), train nothing
 
-    EXECUTION_ONLY = ("data_dir", "download", "amp", "channels_last", "compile", "tracking", "grid", "restart",
-                      "checkpoint_dir", "log_model", "print_every", "dry_run")
+    EXECUTION_ONLY = ("data_dir", "download", "amp", "channels_last", "compile", "cuda_graphs", "tracking", "grid",
+                      "restart", "checkpoint_dir", "log_model", "print_every", "dry_run")
     # Options added after runs were logged: at their default they stay out of the config hash, so
     # the runs logged before them still match (skip when finished, resume when interrupted).
     HASHED_ONLY_WHEN_SET = {"norm_weight_decay": None}
@@ -113,7 +115,8 @@ class Settings:
         if not (isinstance(self.compile, bool) or self.compile in COMPILE_MODES[2:]):
             raise ValueError(f"compile must be one of {list(COMPILE_MODES)}, got {self.compile!r}")
         for name, value, valid in (("amp", self.amp, ("auto", "bf16", "fp16", "off")),
-                                   ("channels_last", self.channels_last, ("auto", "on", "off"))):
+                                   ("channels_last", self.channels_last, ("auto", "on", "off")),
+                                   ("cuda_graphs", self.cuda_graphs, ("auto", "on", "off"))):
             if value not in valid:
                 raise ValueError(f"{name} must be one of {list(valid)}, got {value!r}")
 
@@ -197,6 +200,20 @@ def autocast_dtype(settings: Settings, device: torch.device) -> Optional[torch.d
     return torch.float16 if settings.amp == "fp16" else torch.bfloat16
 
 
+def use_cuda_graph(settings: Settings, device: torch.device) -> bool:
+    """Whether the run's training steps are replayed as CUDA graphs (settings.cuda_graphs); "on"
+    where a graph cannot work is refused here, before any data is read."""
+    if settings.cuda_graphs == "off":
+        return False
+    blockers = [reason for reason, blocks in (
+        (f"device {device.type!r} is not CUDA", device.type != "cuda"),
+        (f"lr_schedule={settings.lr_schedule!r} changes the lr a graph would replay", settings.lr_schedule != "none"),
+        (f"compile={settings.compile!r} captures graphs itself", bool(settings.compile))) if blocks]
+    if blockers and settings.cuda_graphs == "on":
+        raise ValueError(f"cuda_graphs='on' cannot work here: {'; '.join(blockers)}; use cuda_graphs 'auto' or 'off'")
+    return not blockers
+
+
 def configuration_hash(cfg: Dict[str, Any], settings: Settings) -> str:
     """The hash a run is tagged with (and its checkpoint named by): equal hash, same experiment.
     A rerun finds finished and interrupted runs by it, so it must not change for an unchanged
@@ -242,6 +259,8 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
     settings = Settings.from_kw(kw)
     check_cnn_config(cfg)
     check_images_per_epoch(cfg, settings)
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda_graph = use_cuda_graph(settings, dev)
     if settings.dry_run:  # the whole check, cheaply: layers on the meta device, data only located
         from training.cifar import require_cifar10
 
@@ -254,7 +273,6 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
     name = experiment_name(run_name, cfg["filters_per_layer"], layers_per_block)
     chash = configuration_hash(cfg, settings)
     state_base = checkpoints or os.path.join(settings.checkpoint_dir, f"{name}-{chash}.pt")
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     resume_run_id = None
     if settings.restart:
@@ -297,7 +315,7 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
         if settings.lookahead_every else None
     trainer = ClassifierTrainer(model, make_loss("cross_entropy", settings.label_smoothing), optimizer, device=dev,
                                 scheduler=scheduler, scheduler_interval=interval, amp_dtype=autocast_dtype(settings, dev),
-                                grad_clip=settings.grad_clip, lookahead=lookahead)
+                                grad_clip=settings.grad_clip, lookahead=lookahead, cuda_graph=cuda_graph)
 
     def train_and_test(on_epoch_end=None) -> tuple:
         t0 = time.perf_counter()
@@ -318,10 +336,21 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
                      fit_wall_time_s=time.perf_counter() - t0, n_params=n_params)
         return fit, final, history
 
+    def graph_report() -> Dict[str, Any]:
+        """How the training steps ran, for the results file and the run's tags."""
+        graphed = trainer.graphed_step
+        if graphed is None:
+            return dict(cuda_graph=False)
+        if graphed.fallback:
+            print(f"*** CUDA graph capture failed, {name} trained eagerly: {graphed.fallback}")
+        return dict(cuda_graph=graphed.fallback is None, cuda_graph_replays=graphed.replays,
+                    eager_steps=graphed.eager_steps, **({"cuda_graph_fallback": graphed.fallback}
+                                                        if graphed.fallback else {}))
+
     n_params = sum(p.numel() for p in model.parameters())
     if not settings.tracking:  # runs without MLflow installed (e.g. a bare GPU box)
         fit, final, history = train_and_test()
-        return _finish(run_name, out_dir, cfg, fit, final, name, epochs=history)
+        return _finish(run_name, out_dir, cfg, fit, final, name, epochs=history, execution=graph_report())
 
     import mlflow
 
@@ -348,7 +377,10 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
             raise
         # best_valid_acc is already a per-epoch metric: logging it again would duplicate its last step
         tracking.log_metrics({k: v for k, v in final.items() if k != "best_valid_acc"}, step=fit.num_epochs)
-        path = _finish(run_name, out_dir, cfg, fit, final, name, epochs=history, mlflow_run_id=run.info.run_id)
+        execution = graph_report()
+        mlflow.set_tags({f"archlab.{k}": v for k, v in execution.items() if k in ("cuda_graph", "cuda_graph_fallback")})
+        path = _finish(run_name, out_dir, cfg, fit, final, name, epochs=history, execution=execution,
+                       mlflow_run_id=run.info.run_id)
         mlflow.log_artifact(path, "results")
         mlflow.log_artifact(state_base, "checkpoints")
         if settings.log_model:

@@ -208,11 +208,14 @@ class ClassifierTrainer(Trainer):
     def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                  device: Optional[torch.device | str] = None, scheduler=None, scheduler_interval: str = "epoch",
                  amp_dtype: Optional[torch.dtype] = None, grad_clip: Optional[float] = None,
-                 augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, lookahead=None):
+                 augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, lookahead=None,
+                 cuda_graph: bool = False):
         """scheduler_interval: step the scheduler per "epoch" or per "batch".
         amp_dtype: autocast dtype on CUDA (e.g. torch.bfloat16); ignored on CPU, where it is slow.
         augment: a batch transform applied to training inputs only, on the device.
-        lookahead: a training.lookahead.Lookahead over this model, stepped after each update."""
+        lookahead: a training.lookahead.Lookahead over this model, stepped after each update.
+        cuda_graph: replay each training step as one CUDA graph (training.cuda_graph): for
+            launch-bound models on a GPU; needs CUDA and a constant lr (no scheduler)."""
         super().__init__(model, device)
         if scheduler_interval not in ("epoch", "batch"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'batch', got {scheduler_interval!r}")
@@ -224,6 +227,17 @@ class ClassifierTrainer(Trainer):
         self.grad_clip = grad_clip
         self.augment = augment
         self.lookahead = lookahead
+        self.graphed_step = None
+        if cuda_graph:
+            from training.cuda_graph import GraphedTrainStep
+
+            device_type = self.device.type if self.device is not None else next(model.parameters()).device.type
+            if device_type != "cuda":
+                raise ValueError(f"cuda_graph=True needs a CUDA device, got {device_type!r}; use cuda_graph=False")
+            if scheduler is not None:
+                raise ValueError("cuda_graph=True needs a constant learning rate (a captured step replays the lr "
+                                 f"it was captured with), got scheduler {type(scheduler).__name__}; use cuda_graph=False")
+            self.graphed_step = GraphedTrainStep(self._step, optimizer)
 
     def _to_device(self, batch):
         X, y = batch
@@ -233,25 +247,36 @@ class ClassifierTrainer(Trainer):
 
     def _autocast(self, X: torch.Tensor):
         enabled = self.amp_dtype is not None and X.device.type == "cuda"
-        return torch.autocast(device_type=X.device.type, dtype=self.amp_dtype, enabled=enabled)
+        # A graph must recompute its weight casts at every replay: no autocast cache while graphing.
+        return torch.autocast(device_type=X.device.type, dtype=self.amp_dtype, enabled=enabled,
+                              cache_enabled=self.graphed_step is None)
 
     def train_batch(self, batch) -> BatchResult:
         X, y = self._to_device(batch)
         if self.augment is not None:
             X = self.augment(X)
-        with self._autocast(X):
-            z = self.model(X)
-            loss = self.loss_fn(z, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
+        if self.graphed_step is not None:
+            loss, num_correct = self.graphed_step(X, y)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, num_correct = self._step(X, y)
         if self.lookahead is not None:
             self.lookahead.step()
         if self.scheduler is not None and self.scheduler_interval == "batch":
             self.scheduler.step()
-        return BatchResult(loss.detach().float(), self._num_correct(z, y))
+        return BatchResult(loss, num_correct)
+
+    def _step(self, X: torch.Tensor, y: torch.Tensor):
+        """Forward, backward and update on zeroed gradients; (loss, num_correct) stay on the device.
+        Everything here may be captured into a CUDA graph: no host syncs, no Python-side state."""
+        with self._autocast(X):
+            z = self.model(X)
+            loss = self.loss_fn(z, y)
+        loss.backward()
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return loss.detach().float(), self._num_correct(z, y)
 
     def test_batch(self, batch) -> BatchResult:
         X, y = self._to_device(batch)
@@ -275,7 +300,13 @@ class ClassifierTrainer(Trainer):
         return float(self.optimizer.param_groups[0]["lr"])
 
     def state_dict(self) -> Dict[str, Any]:
-        state = {**super().state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.graphed_step is not None:
+            from training.cuda_graph import uncapturable_state_dict
+
+            optimizer_state = uncapturable_state_dict(self.optimizer)
+        else:
+            optimizer_state = self.optimizer.state_dict()
+        state = {**super().state_dict(), "optimizer": optimizer_state}
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
         if self.lookahead is not None:
@@ -284,7 +315,9 @@ class ClassifierTrainer(Trainer):
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])  # new state tensors: a captured graph is stale
+        if self.graphed_step is not None:
+            self.graphed_step.reset()
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.lookahead is not None and "lookahead" in state:
