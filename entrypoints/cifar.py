@@ -10,21 +10,12 @@ import sys
 
 import click
 
-from entrypoints.common import auto_is_none, print_where, resolve_device, start, tracking_options, zero_is_none
+from entrypoints.common import (auto_is_none, device_list, print_where, resolve_device, start, tracking_options,
+                                zero_is_none)
 from training.config import COMPILE_MODES
 from training.grids import GRIDS
 
 COMPILE_CHOICES = [str(m).lower() for m in COMPILE_MODES]  # false, true, reduce-overhead, max-autotune
-
-
-def device_list(ctx, param, value):
-    """'cuda:0,cuda:1' -> ['cuda:0', 'cuda:1'], each checked like --device; '' or 'auto' -> None."""
-    if value in (None, "", "auto"):
-        return None
-    try:
-        return [resolve_device(d.strip()) for d in value.split(",") if d.strip()] or None
-    except click.BadParameter as e:  # name the option actually given
-        raise click.BadParameter(e.message, param_hint="--devices") from None
 
 
 def name_list(ctx, param, value):

@@ -23,6 +23,16 @@ def resolve_device(device: Optional[str]) -> str:
     return str(dev)
 
 
+def device_list(ctx, param, value):
+    """'cuda:0,cuda:1' -> ['cuda:0', 'cuda:1'], each checked like --device; '' or 'auto' -> None."""
+    if value in (None, "", "auto"):
+        return None
+    try:
+        return [resolve_device(d.strip()) for d in value.split(",") if d.strip()] or None
+    except click.BadParameter as e:  # name the option actually given
+        raise click.BadParameter(e.message, param_hint="--devices") from None
+
+
 def tracking_options(f):
     """--tracking-uri and --experiment, the same on every entry point."""
     f = click.option("--experiment", default=None,

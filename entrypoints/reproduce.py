@@ -14,7 +14,8 @@ import time
 import click
 import torch
 
-from entrypoints.common import auto_is_none, print_where, resolve_device, start, tracking_options, zero_is_none
+from entrypoints.common import (auto_is_none, device_list, print_where, resolve_device, start, tracking_options,
+                                zero_is_none)
 from entrypoints.part1 import load_part1_config
 
 ALL_GRIDS = "test_run,exp1_1,exp1_2,exp1_3,exp1_4,exp2"
@@ -44,10 +45,18 @@ def _grid_list(ctx, param, value: str):
 @click.option("--data-dir", default=None, callback=auto_is_none, help="Folder holding cifar-10-batches-py.")
 @click.option("--download/--no-download", default=False)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--workers", type=int, default=None, callback=zero_is_none,
+              help="Worker processes per CIFAR grid (training.parallel; default: one per --devices entry, else 1). "
+                   "Several may share one GPU, whose launch-bound exp1 nets leave it mostly idle "
+                   "(bench/gpu_sharing.py measures how many pay).")
+@click.option("--devices", default=None, callback=device_list,
+              help="Comma-separated devices handed to the workers round-robin, e.g. cuda:0,cuda:1.")
+@click.option("--cuda-graphs", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="CUDA-graphed training steps (see the grid command's --cuda-graphs).")
 @click.option("--out", default="reports", show_default=True, help="Where the report goes.")
 @tracking_options
 def cli(grids, allow_cpu, part1_config, epochs, bs_train, n_train, n_valid, allow_small, data_dir, download, device,
-        out, tracking_uri, experiment):
+        workers, devices, cuda_graphs, out, tracking_uri, experiment):
     """Part 1, the CIFAR-10 grids and the answers report, in one go."""
     from analysis.report import build_report, summary
     from training import tracking
@@ -55,6 +64,7 @@ def cli(grids, allow_cpu, part1_config, epochs, bs_train, n_train, n_valid, allo
     from training.part1 import run_part1
 
     device = resolve_device(device)
+    workers = workers or len(devices or []) or 1
     if grids and device == "cpu" and not allow_cpu:
         raise click.UsageError(
             f"no GPU here, and the CIFAR grids ({', '.join(grids)}) take days at full size on a CPU. Run them on a "
@@ -62,7 +72,9 @@ def cli(grids, allow_cpu, part1_config, epochs, bs_train, n_train, n_valid, allo
             f"--grids '' for Part 1 and the report only.")
     cfg = load_part1_config(part1_config)
     options = {k: v for k, v in dict(n_train=n_train, n_valid=n_valid, data_dir=data_dir, download=download or None,
-                                     allow_small=allow_small or None).items() if v is not None}
+                                     allow_small=allow_small or None,
+                                     cuda_graphs=None if cuda_graphs == "auto" else cuda_graphs).items()
+               if v is not None}
     overrides = dict(epochs=epochs, bs_train=bs_train, device=device, options=options)
     uri = start(tracking_uri, experiment)
     try:
@@ -78,7 +90,7 @@ def cli(grids, allow_cpu, part1_config, epochs, bs_train, n_train, n_valid, allo
         run_part1(cfg, device=device)
         torch.set_num_threads(threads)
         for name in grids:
-            run_grid(name, overrides)
+            run_grid(name, overrides, workers=workers, devices=devices)
         result = build_report(out)
     click.echo(summary(result))
     click.echo(f"Reproduced in {time.perf_counter() - t0:.0f} s on {device}.")

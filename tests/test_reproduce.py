@@ -41,3 +41,27 @@ def test_whole_programme_tiny(mlflow_store, fake_cifar10, tmp_path):
     answers = (tmp_path / "reports" / "answers.md").read_text()
     assert "exp1_1" in answers and "has not been run" in answers  # grids left out are reported missing
     assert "Missing experiments" in result.output
+
+
+def test_whole_programme_with_workers(mlflow_store, fake_cifar10, tmp_path):
+    """--workers 2: each grid's configurations train in two processes through the private server
+    over mlflow.db, still children of the grid's parent, itself a child of `reproduce`."""
+    _, part1 = small_config(tmp_path)
+    result = CliRunner().invoke(cli, [
+        "--grids", "exp1_3", "--allow-cpu", "true", "--part1-config", str(part1), "--epochs", "1",
+        "--bs-train", "32", "--n-train", "96", "--n-valid", "32", "--allow-small", "true", "--workers", "2",
+        "--data-dir", str(fake_cifar10), "--out", str(tmp_path / "reports"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "starting a private MLflow server" in result.output
+    runs = tracking.find_runs("")
+    by_name = {r["tags.mlflow.runName"]: r for _, r in runs.iterrows()}
+    grid_run = by_name["exp1_3"]
+    assert grid_run["tags.mlflow.parentRunId"] == by_name["reproduce"].run_id
+    children = runs[runs["tags.mlflow.parentRunId"] == grid_run.run_id]
+    assert sorted(children["tags.mlflow.runName"]) == [f"exp1_3_L{L}_K64-128-256" for L in (1, 2, 3, 4)]
+    assert set(children["status"]) == {"FINISHED"}
+
+
+def test_workers_must_be_positive(mlflow_store):
+    result = CliRunner().invoke(cli, ["--grids", "", "--workers", "-1"])
+    assert result.exit_code == 2 and "must be a positive integer" in result.output
