@@ -1,20 +1,29 @@
 #!/usr/bin/env bash
-# One GPU loan, one script (the device tool's command is at most 2000 characters), most needed first:
-#   1. the CUDA-only tests (CUDA-graphed training steps against eager ones, the on-device loader);
-#      --noconftest because the GPU image has no MLflow (these tests need none);
-#   2. the whole-programme timing check (bench/gpu_check.py: every exp1 epoch time with CUDA
-#      graphs, the same eager, grid workers sharing the GPU, torch.compile, exp2);
-#   3. the exp2 recipe sweep (bench/exp2_next_sweep.json: the configured recipe first).
-# At most ~9 minutes (the device tool's per-command limit is 10). Usage on the GPU machine, with the data carried in .gpu/ (cifar10-jpeg.npz + make_cifar10.py):
-#   bash bench/gpu_session.sh .gpu/cifar10-jpeg.npz "$OUT"
+# One GPU loan, one script (the device tool's command is at most 2000 characters; one call at most
+# 10 minutes). Usage on the GPU machine, with the data carried in .gpu/ (cifar10-jpeg.npz + make_cifar10.py):
+#   bash bench/gpu_session.sh .gpu/cifar10-jpeg.npz "$OUT" [programme|check]
+# Both modes first run the CUDA-only tests (CUDA-graphed training steps against eager ones, the
+# on-device loader; --noconftest because the GPU image has no MLflow, which these tests do not need).
+#   programme (default): the CIFAR part of the whole programme, for real (bench/gpu_programme.py:
+#     every configuration as configured, 4 workers sharing the GPU, no new one after 480 s): the
+#     direct test of "the whole programme in <= 10 minutes".
+#   check: the diagnostics (bench/gpu_check.py: every exp1 epoch time with CUDA graphs and three
+#     of them eager, grid workers sharing the GPU, torch.compile, exp2), then the exp2 recipe sweep.
 # The independent airbench94 calibration (bench/airbench_reference.py) is not rerun: its CPU figures stand.
 set -euo pipefail
-npz=${1:?path to cifar10-jpeg.npz}; out=${2:-.}; data=/tmp/cifar
+npz=${1:?path to cifar10-jpeg.npz}; out=${2:-.}; mode=${3:-programme}; data=/tmp/cifar
 python "$(dirname "$npz")/make_cifar10.py" "$data"
-timeout 90 python -m pytest -q -p no:cacheprovider --noconftest tests/test_cuda_graph.py tests/test_cifar.py -k "cuda or graph" \
+timeout 60 python -m pytest -q -p no:cacheprovider --noconftest tests/test_cuda_graph.py tests/test_cifar.py -k "cuda or graph" \
   > "$out/cuda_tests.log" 2>&1 || echo "CUDA tests failed or timed out"
-timeout 300 python bench/gpu_check.py --data-dir "$data" --out "$out/gpu_check.json" --deadline 270 \
-  > "$out/gpu_check.log" 2>&1 || echo "gpu_check stopped early"
-timeout 130 python bench/gpu_sweep.py --data-dir "$data" --variants-file bench/exp2_next_sweep.json \
-  --out "$out/sweep.json" --deadline 110 > "$out/sweep.log" 2>&1 || echo "sweep stopped early"
+case "$mode" in
+  programme)
+    PYTHONUNBUFFERED=1 timeout 520 python bench/gpu_programme.py --data-dir "$data" --workers 4 --deadline 480 \
+      --out "$out/gpu_programme.json" > "$out/gpu_programme.log" 2>&1 || echo "programme stopped early";;
+  check)
+    timeout 300 python bench/gpu_check.py --data-dir "$data" --out "$out/gpu_check.json" --deadline 270 \
+      > "$out/gpu_check.log" 2>&1 || echo "gpu_check stopped early"
+    timeout 180 python bench/gpu_sweep.py --data-dir "$data" --variants-file bench/exp2_next_sweep.json \
+      --out "$out/sweep.json" --deadline 160 > "$out/sweep.log" 2>&1 || echo "sweep stopped early";;
+  *) echo "mode must be programme or check, got $mode"; exit 2;;
+esac
 tail -n 3 "$out"/*.log

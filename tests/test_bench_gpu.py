@@ -1,11 +1,12 @@
 """The GPU scripts' logic, run for real on the CPU and tiny data: bench/gpu_sharing.py (its workers
-train concurrently, meeting at a barrier, and every figure adds up) and bench/gpu_sweep.py's
+train concurrently, meeting at a barrier, and every figure adds up), bench/gpu_programme.py (every
+configuration trained once, heaviest first, the deadline respected) and bench/gpu_sweep.py's
 up-front check of its variants."""
 import json
 
 import pytest
 
-from bench import gpu_sharing
+from bench import gpu_programme, gpu_sharing
 from bench.gpu_sweep import check_variants, variant_kwargs
 from cifar_fixtures import write_fake_cifar10
 from conftest import PROJECT_ROOT
@@ -52,3 +53,27 @@ def test_every_committed_sweep_variant_passes_the_checks_and_a_bad_one_stops_the
     with pytest.raises(SystemExit, match=r'bad sweep variant \{"norm_weight_decay": -1\}: ValueError: optimizer '
                                          r"norm_weight_decay must be >= 0.0, got -1.0"):
         check_variants(base, [{}, {"norm_weight_decay": -1}], str(root))
+
+
+def test_gpu_programme_trains_every_configuration_once_heaviest_first(tmp_path):
+    root = write_fake_cifar10(tmp_path / "data", n_train_per_batch=60, n_test=40)
+    out = tmp_path / "programme.json"
+    report = gpu_programme.run(str(root), 2, ["test_run", "exp1_3", "exp1_4"], device="cpu", out=str(out), smoke=True)
+    assert json.loads(out.read_text()) == report
+    assert report["configurations"] == 1 + 4 + 6 and report["all_finished"] and not report["errors"]
+    labels = [r["label"] for r in report["finished"]]
+    assert sorted(labels) == sorted(["test_run_L1_K32-64"] + [f"exp1_3_L{L}_K64-128-256" for L in (1, 2, 3, 4)] +
+                                    [f"exp1_4_L{L}_K32" for L in (8, 16, 32)] +
+                                    [f"exp1_4_L{L}_K64-128-256" for L in (2, 4, 8)])
+    starts = {r["label"]: r["start_s"] for r in report["finished"]}
+    assert max(starts[k] for k in starts if k.startswith("exp1_4")) <= min(starts[k] for k in starts
+                                                                          if not k.startswith("exp1_4"))
+    assert all(r["epochs"] == 1 and 0 <= r["test_acc"] <= 100 and r["start_s"] <= r["end_s"] <= report["wall_s"]
+               for r in report["finished"])
+    assert report["fit_s_by_grid"].keys() == {"test_run", "exp1_3", "exp1_4"}
+
+
+def test_gpu_programme_starts_nothing_after_its_deadline(tmp_path):
+    report = gpu_programme.run(str(tmp_path), 2, ["exp1_3"], device="cpu", deadline_s=-1, smoke=True)
+    assert report["finished"] == [] and not report["all_finished"]
+    assert report["not_started"] == [f"exp1_3_L{L}_K64-128-256" for L in (4, 3, 2, 1)]  # heaviest first

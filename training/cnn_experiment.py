@@ -293,6 +293,8 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
             resume_run_id = prior.run_id.iloc[0]
 
     print(f"*** Starting cnn_experiment {name} with config: {cfg}")
+    if dev.type == "cuda":  # fixed shapes: let cuDNN time its algorithms once per shape (what bench/gpu_check measured)
+        torch.backends.cudnn.benchmark = True
     from training.cifar import cifar10_loaders
     from training.optim import make_loss, make_optimizer, make_scheduler
 
