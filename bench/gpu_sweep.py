@@ -70,7 +70,7 @@ def main():
             results.append({"variant": v, "skipped": "deadline"})
             continue
         try:
-            res, wall = run_config(variant_kwargs(base, v), "/tmp/sweep", args.data_dir)
+            res, wall = run_config(variant_kwargs(base, v), "/tmp/sweep", args.data_dir, test_each_epoch=True)
             out = summarise_training(res, wall)
         except Exception as e:
             out = {"error": f"{type(e).__name__}: {e}"}

@@ -713,13 +713,25 @@ TTA_MODES = ("none", "mirror", "mirror_translate")
 
 
 @contextlib.contextmanager
+def tta_modes(modes: Dict[nn.Module, str]):
+    """Give each YourCNN in `modes` its test-time-augmentation mode inside the block."""
+    saved = [(m, m.tta) for m in modes]
+    try:
+        for m, mode in modes.items():
+            m.tta = mode
+        yield
+    finally:
+        for m, mode in saved:
+            m.tta = mode
+
+
+def tta_of(model: nn.Module) -> Dict[nn.Module, str]:
+    """The TTA mode of every YourCNN in `model` (to restore inside a `tta_off` block)."""
+    return {m: m.tta for m in model.modules() if isinstance(m, YourCNN)}
+
+
+@contextlib.contextmanager
 def tta_off(model: nn.Module):
     """Evaluate without test-time augmentation inside the block (e.g. cheap per-epoch validation)."""
-    saved = [(m, m.tta) for m in model.modules() if isinstance(m, YourCNN)]
-    try:
-        for m, _ in saved:
-            m.tta = "none"
+    with tta_modes(dict.fromkeys(tta_of(model), "none")):
         yield model
-    finally:
-        for m, tta in saved:
-            m.tta = tta

@@ -77,3 +77,10 @@ def test_gpu_programme_starts_nothing_after_its_deadline(tmp_path):
     report = gpu_programme.run(str(tmp_path), 2, ["exp1_3"], device="cpu", deadline_s=-1, smoke=True)
     assert report["finished"] == [] and not report["all_finished"]
     assert report["not_started"] == [f"exp1_3_L{L}_K64-128-256" for L in (4, 3, 2, 1)]  # heaviest first
+
+
+def test_time_to_accuracy_is_the_first_epoch_reaching_each_target():
+    from bench.gpu_check import time_to_accuracy
+
+    assert time_to_accuracy([10.0, 20.0, 30.0, 40.0], [88.0, 93.5, 92.0, 94.2]) == {"90": 20.0, "93": 20.0, "94": 40.0}
+    assert time_to_accuracy([10.0], [89.9]) == {"90": None, "93": None, "94": None}

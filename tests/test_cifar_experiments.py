@@ -308,3 +308,25 @@ def test_compile_trains_the_same_and_keeps_plain_checkpoint_keys(fake_cifar10, t
     with pytest.raises(ValueError, match=r"compile must be one of \[False, True, 'reduce-overhead', 'max-autotune'\], "
                                          r"got 'yes'"):
         cnn_experiment("exp1_1", compile="yes", tracking=False)
+
+
+def test_test_each_epoch_measures_without_changing_training(mlflow_store, fake_cifar10, tmp_path):
+    """test_each_epoch (time-to-accuracy benchmarks): the test set after every epoch, with the final
+    test's TTA; training is untouched, and the best epoch's figure is the final test's."""
+    runs = {}
+    for each in (False, True):
+        path = cnn_experiment("exp2", out_dir=str(tmp_path / f"r{each}"), seed=3, device="cpu", bs_train=50,
+                              epochs=3, batches=None, early_stopping=None, filters_per_layer=[8, 16], layers_per_block=1,
+                              pool_every=1, hidden_dims=[], model_type="ycn", lr=2e-3, reg=0.0, n_train=400,
+                              n_valid=100, allow_small=True, log_model=False, data_dir=str(fake_cifar10),
+                              checkpoint_dir=str(tmp_path / f"c{each}"), model_kwargs={"tta": "mirror"},
+                              test_each_epoch=each, restart=True, print_every=0)
+        runs[each] = json.loads(Path(path).read_text())
+    plain, each = runs[False], runs[True]
+    assert each["results"]["train_loss"] == plain["results"]["train_loss"]
+    assert each["results"]["test_acc"] == plain["results"]["test_acc"]  # validation curve (no TTA)
+    per_epoch = [e["epoch_test_acc"] for e in each["epochs"]]
+    assert len(per_epoch) == 3 and "epoch_test_acc" not in plain["epochs"][0]
+    assert per_epoch[each["final_test"]["best_epoch"] - 1] == each["final_test"]["test_acc"]
+    logged = MlflowClient().get_metric_history(each["mlflow_run_id"], "epoch_test_acc")
+    assert [m.step for m in logged] == [1, 2, 3] and [m.value for m in logged] == pytest.approx(per_epoch)

@@ -18,7 +18,7 @@ import torch
 from training.config import COMPILE_MODES, config_hash
 from training.results import FitResult
 from training.results_io import experiment_name, save_experiment
-from models.cnn import tta_off
+from models.cnn import tta_modes, tta_of, tta_off
 from training.lookahead import Lookahead
 from training.trainer import BatchLimit, ClassifierTrainer, load_checkpoint
 
@@ -67,6 +67,8 @@ class Settings:
                                        # small, launch-bound models) or "max-autotune"; checkpoints keep their keys
     cuda_graphs: str = "auto"          # replay each training step as one CUDA graph (training.cuda_graph). auto: on
                                        # CUDA with a constant lr and no compile (exp1's launch-bound nets) | on | off
+    test_each_epoch: bool = False      # also test after every epoch, as the final test does (TTA too): for
+                                       # time-to-accuracy benchmarks only; nothing is chosen on it
     tracking: bool = True
     grid: Optional[str] = None
     restart: bool = False
@@ -75,8 +77,8 @@ class Settings:
     print_every: int = 1
     dry_run: bool = False              # validate everything (and find the data), train nothing
 
-    EXECUTION_ONLY = ("data_dir", "download", "amp", "channels_last", "compile", "cuda_graphs", "tracking", "grid",
-                      "restart", "checkpoint_dir", "log_model", "print_every", "dry_run")
+    EXECUTION_ONLY = ("data_dir", "download", "amp", "channels_last", "compile", "cuda_graphs", "test_each_epoch",
+                      "tracking", "grid", "restart", "checkpoint_dir", "log_model", "print_every", "dry_run")
     # Options added after runs were logged: at their default they stay out of the config hash, so
     # the runs logged before them still match (skip when finished, resume when interrupted).
     HASHED_ONLY_WHEN_SET = {"norm_weight_decay": None}
@@ -322,8 +324,14 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
     def train_and_test(on_epoch_end=None) -> tuple:
         t0 = time.perf_counter()
         history = []  # per-epoch metrics (times, images/s, lr) for the results file
+        final_tta = tta_of(model)
 
         def record(metrics):
+            if settings.test_each_epoch and "epoch_test_acc" not in metrics:  # not again for a resume's replay
+                # Added to fit's own dict, so the training state saved next keeps it; after the epoch's
+                # timing, so epoch_time_s stays training + validation.
+                with tta_modes(final_tta):
+                    metrics["epoch_test_acc"] = trainer.test_epoch(dl_test, verbose=False).accuracy
             history.append({k: v for k, v in metrics.items() if k != "improved"})
             if on_epoch_end is not None:
                 on_epoch_end(metrics)
