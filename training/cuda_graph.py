@@ -11,6 +11,12 @@ whose gradients are allocated inside the graph's pool (so every replay writes th
 `zero_grad(set_to_none=True)` + backward would), then a replay per batch. Batches of another
 shape (an epoch's short last batch) run eagerly on the same parameters and optimizer state.
 
+A step that synchronises with the host (`.item()`, a data-dependent shape) cannot be captured.
+The last warm-up runs under `torch.cuda.set_sync_debug_mode("warn")`, so such a step is found
+before any capture (and still runs once) and simply stays eager. A capture that fails anyway is an error (with the
+remedy, `cuda_graphs='off'`), not a fallback: a failed capture can leave the allocator and the
+RNG in capture mode for the rest of the process.
+
 Limits, each checked by the caller (ClassifierTrainer) before any work: CUDA only; a constant
 learning rate (a captured step replays the lr it was captured with, so no scheduler); no
 torch.compile (its reduce-overhead mode captures graphs itself). Adam/AdamW need
@@ -26,7 +32,7 @@ import torch
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 
-_UNCAPTURED_WARNING = ".*capturable=True.*without.*graph capture.*"
+_SYNC_WARNING = "synchronizing CUDA operation"  # what torch.cuda.set_sync_debug_mode("warn") says
 
 
 def make_capturable(optimizer: torch.optim.Optimizer) -> None:
@@ -57,8 +63,7 @@ def uncapturable_state_dict(optimizer: torch.optim.Optimizer) -> dict:
 class GraphedTrainStep:
     """Calls `step_fn(X, y) -> (loss, num_correct)` (which runs backward and optimizer.step but not
     zero_grad) eagerly for `warmup` batches, captures it on the next batch of the same shape and
-    replays it from then on. `fallback` records why capture failed, if it did; the step is then
-    eager for good (the capture itself changes nothing: a captured graph has not run yet)."""
+    replays it from then on. `fallback` says why the step stays eager, if it does."""
 
     def __init__(self, step_fn: StepFn, optimizer: torch.optim.Optimizer, warmup: int = 3):
         if warmup < 1:
@@ -67,50 +72,78 @@ class GraphedTrainStep:
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.fallback: Optional[str] = None
         self.replays = self.eager_steps = 0
-        self._shape = None  # (X.shape, X.stride(), y.shape) the graph is (to be) captured for
+        self._key = None  # shapes, strides and dtypes the graph is (to be) captured for
         self._warm = 0
         self._static = None  # (X, y, loss, num_correct) of the captured graph
+        self._streams = None  # (side, capture) streams on the batches' device
         make_capturable(optimizer)
 
     def reset(self) -> None:
         """Forget the graph (call after the optimizer's state tensors were replaced, e.g. by
         load_state_dict): the next batches warm up and capture again."""
-        self.graph, self._static, self._shape, self._warm = None, None, None, 0
+        self.graph, self._static, self._key, self._warm = None, None, None, 0
         make_capturable(self.optimizer)
 
     def __call__(self, X: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        key = (tuple(X.shape), X.stride(), tuple(y.shape))
-        if self._shape is None:
-            self._shape = key
-        if self.graph is not None and key == self._shape:
+        # Streams, the capture and the replay all on the batch's device, which need not be the
+        # current one (a grid worker on cuda:1).
+        with torch.cuda.device(X.device):
+            return self._call(X, y)
+
+    def _call(self, X, y):
+        key = (tuple(X.shape), X.stride(), X.dtype, tuple(y.shape), y.dtype)
+        if self._key is None:
+            self._key = key
+            self._streams = (torch.cuda.Stream(X.device), torch.cuda.Stream(X.device))
+        if self.graph is not None and key == self._key:
             static_X, static_y, static_loss, static_correct = self._static
             static_X.copy_(X, non_blocking=True)
             static_y.copy_(y, non_blocking=True)
             self.graph.replay()
             self.replays += 1
             return static_loss.clone(), static_correct.clone()  # the next replay overwrites the static ones
-        if self.fallback is None and self.graph is None and key == self._shape and self._warm >= self.warmup:
-            captured = self._capture(X, y)
-            if captured is not None:
-                return captured
-        self._warm += key == self._shape
-        return self._eager(X, y, side_stream=self.graph is None and self.fallback is None)
+        if self.fallback is None and self.graph is None and key == self._key and self._warm >= self.warmup:
+            return self._capture(X, y)
+        if key != self._key:
+            out, _ = self._eager(X, y, side_stream=self.graph is None)
+            if self.graph is not None:  # free the eager gradients: the graph keeps its own
+                self.optimizer.zero_grad(set_to_none=True)
+            return out
+        self._warm += 1
+        watch = self._warm == self.warmup and self.fallback is None
+        out, sync = self._eager(X, y, side_stream=self.fallback is None, watch_syncs=watch)
+        if sync:
+            self.fallback = f"the training step synchronises with the host ({sync})"
+            warnings.warn(f"CUDA graphs: {self.fallback}, which a graph cannot hold; training eagerly")
+        return out
 
-    def _eager(self, X, y, side_stream: bool):
+    def _eager(self, X, y, side_stream: bool, watch_syncs: bool = False):
+        """One eager step; with watch_syncs, also the first host synchronisation it made (or None),
+        seen by CUDA's sync debug mode in "warn" (the step still runs exactly once)."""
         self.eager_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_UNCAPTURED_WARNING)
-            if not side_stream:
-                return self.step_fn(X, y)
-            # Warm-up runs on a side stream, as capture requires (lazy initialisations must not
-            # land on the capture stream's history).
-            side, main = torch.cuda.Stream(), torch.cuda.current_stream()
-            side.wait_stream(main)
-            with torch.cuda.stream(side):
-                out = self.step_fn(X, y)
-            main.wait_stream(side)
-            return out
+        if not side_stream:
+            return self.step_fn(X, y), None
+        # Warm-up runs on a side stream, as capture requires (lazy initialisations must not land
+        # on the capture stream's history).
+        side, main = self._streams[0], torch.cuda.current_stream(X.device)
+        side.wait_stream(main)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                with torch.cuda.stream(side):
+                    if watch_syncs:
+                        torch.cuda.set_sync_debug_mode("warn")
+                    out = self.step_fn(X, y)
+            finally:
+                if watch_syncs:
+                    torch.cuda.set_sync_debug_mode("default")
+                main.wait_stream(side)
+        syncs = [str(w.message).splitlines()[0] for w in caught if _SYNC_WARNING in str(w.message)]
+        for w in caught:  # everything else is passed on
+            if _SYNC_WARNING not in str(w.message):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return out, (syncs[0] if watch_syncs and syncs else None)
 
     def _capture(self, X, y):
         static_X, static_y = X.clone(), y.clone()  # clone keeps X's memory format (channels_last)
@@ -119,12 +152,14 @@ class GraphedTrainStep:
         try:
             # The outer stream context puts the current stream back even when a failed capture
             # leaves torch.cuda.graph's own stream context unexited.
-            with torch.cuda.stream(torch.cuda.current_stream()), torch.cuda.graph(graph):
+            with torch.cuda.stream(torch.cuda.current_stream(X.device)), \
+                    torch.cuda.graph(graph, stream=self._streams[1]):
                 static_loss, static_correct = self.step_fn(static_X, static_y)
-        except Exception as e:  # noqa: BLE001 - any capture failure means "train eagerly", not "stop"
-            self.fallback = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            warnings.warn(f"CUDA graph capture of the training step failed, training eagerly: {self.fallback}")
-            return None
+        except Exception as e:
+            cause = e.__context__ or e
+            raise RuntimeError(
+                f"CUDA graph capture of the training step failed: {type(cause).__name__}: {cause}; "
+                f"train with cuda_graphs='off' (grid/reproduce: --cuda-graphs off)") from e
         self.graph, self._static = graph, (static_X, static_y, static_loss, static_correct)
         graph.replay()  # capture only recorded the step: run it for this batch
         self.replays += 1

@@ -245,11 +245,9 @@ class ClassifierTrainer(Trainer):
             X, y = X.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         return X, y
 
-    def _autocast(self, X: torch.Tensor):
+    def _autocast(self, X: torch.Tensor, cache: bool = True):
         enabled = self.amp_dtype is not None and X.device.type == "cuda"
-        # A graph must recompute its weight casts at every replay: no autocast cache while graphing.
-        return torch.autocast(device_type=X.device.type, dtype=self.amp_dtype, enabled=enabled,
-                              cache_enabled=self.graphed_step is None)
+        return torch.autocast(device_type=X.device.type, dtype=self.amp_dtype, enabled=enabled, cache_enabled=cache)
 
     def train_batch(self, batch) -> BatchResult:
         X, y = self._to_device(batch)
@@ -269,7 +267,8 @@ class ClassifierTrainer(Trainer):
     def _step(self, X: torch.Tensor, y: torch.Tensor):
         """Forward, backward and update on zeroed gradients; (loss, num_correct) stay on the device.
         Everything here may be captured into a CUDA graph: no host syncs, no Python-side state."""
-        with self._autocast(X):
+        # A graph must recompute its weight casts at every replay: no autocast cache while graphing.
+        with self._autocast(X, cache=self.graphed_step is None):
             z = self.model(X)
             loss = self.loss_fn(z, y)
         loss.backward()
