@@ -352,7 +352,7 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
         if graphed is None:
             return dict(cuda_graph=False)
         if graphed.fallback:
-            print(f"*** CUDA graph capture failed, {name} trained eagerly: {graphed.fallback}")
+            print(f"*** CUDA graphs off for {name}, it trained eagerly: {graphed.fallback}")
         return dict(cuda_graph=graphed.fallback is None, cuda_graph_replays=graphed.replays,
                     eager_steps=graphed.eager_steps, **({"cuda_graph_fallback": graphed.fallback}
                                                         if graphed.fallback else {}))

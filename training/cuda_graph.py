@@ -128,22 +128,27 @@ class GraphedTrainStep:
         # on the capture stream's history).
         side, main = self._streams[0], torch.cuda.current_stream(X.device)
         side.wait_stream(main)
+        if not watch_syncs:
+            with torch.cuda.stream(side):
+                out = self.step_fn(X, y)
+            main.wait_stream(side)
+            return out, None
+        previous_mode = torch.cuda.get_sync_debug_mode()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
                 with torch.cuda.stream(side):
-                    if watch_syncs:
-                        torch.cuda.set_sync_debug_mode("warn")
+                    torch.cuda.set_sync_debug_mode("warn")
                     out = self.step_fn(X, y)
             finally:
-                if watch_syncs:
-                    torch.cuda.set_sync_debug_mode("default")
+                torch.cuda.set_sync_debug_mode(previous_mode)
                 main.wait_stream(side)
-        syncs = [str(w.message).splitlines()[0] for w in caught if _SYNC_WARNING in str(w.message)]
-        for w in caught:  # everything else is passed on
+        # torch appends " (Triggered internally at <file>:<line>.)" to warnings raised in C++
+        syncs = [str(w.message).split(" (Triggered internally at")[0] for w in caught if _SYNC_WARNING in str(w.message)]
+        for w in caught:  # everything else is passed on (one step per run is watched)
             if _SYNC_WARNING not in str(w.message):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return out, (syncs[0] if watch_syncs and syncs else None)
+        return out, (syncs[0] if syncs else None)
 
     def _capture(self, X, y):
         static_X, static_y = X.clone(), y.clone()  # clone keeps X's memory format (channels_last)
@@ -156,9 +161,10 @@ class GraphedTrainStep:
                     torch.cuda.graph(graph, stream=self._streams[1]):
                 static_loss, static_correct = self.step_fn(static_X, static_y)
         except Exception as e:
-            cause = e.__context__ or e
+            # capture_end's own error usually hides the step's: name both
+            during = f" (raised while handling {type(e.__context__).__name__}: {e.__context__})" if e.__context__ else ""
             raise RuntimeError(
-                f"CUDA graph capture of the training step failed: {type(cause).__name__}: {cause}; "
+                f"CUDA graph capture of the training step failed: {type(e).__name__}: {e}{during}; "
                 f"train with cuda_graphs='off' (grid/reproduce: --cuda-graphs off)") from e
         self.graph, self._static = graph, (static_X, static_y, static_loss, static_correct)
         graph.replay()  # capture only recorded the step: run it for this batch
