@@ -10,9 +10,10 @@ Every configuration of test_run, exp1_1..exp1_4 and exp2 trains exactly as its g
 (bench/mlflow_logging.py: <= 1 % of a grid's time). `--workers` processes share the one device;
 the configurations are handed out heaviest first (exp2, the ResNets, the deepest plain nets), so
 the last ones to start are the short ones. Part 1 is not run here (46 s on the 2-core CPU, see the
-README's table). The JSON file is rewritten after every finished configuration, so a run cut
-short by `--deadline` (no new configuration starts after it) or by a kill still leaves what it
-measured: which configurations finished, each one's epochs, wall time and test accuracy.
+README's table). The JSON file is written at the start and rewritten whenever a configuration
+starts or finishes, so a run cut short by `--deadline` (no new configuration starts after it) or
+by a kill still leaves what it measured: which configurations finished (each one's epochs, wall
+time and test accuracy), which were running, which never started.
 """
 from __future__ import annotations
 
@@ -78,13 +79,14 @@ def run(data_dir: str, workers: int, grids=GRIDS, device: str = "auto", deadline
     report: Dict[str, Any] = dict(
         device=torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu", torch=torch.__version__,
         workers=workers, configurations=len(runs), grids=list(grids), smoke=smoke, finished=[], errors={},
-        not_started=[])
+        running={}, not_started=[experiment_name_of(r) for r in runs])
 
     def save():
         if out:
             with open(out, "w") as f:
                 json.dump(report, f, indent=1)
 
+    save()  # a run killed before its first configuration finishes still says what it planned
     t0 = time.time()
     threads = max(1, (os.cpu_count() or 1) // workers)
     pending = list(runs)
@@ -94,12 +96,17 @@ def run(data_dir: str, workers: int, grids=GRIDS, device: str = "auto", deadline
         while pending or active:
             while pending and len(active) < workers and time.time() - t0 < deadline_s:
                 kwargs = pending.pop(0)
-                active[pool.submit(_train, kwargs, scratch, t0)] = experiment_name_of(kwargs)
+                label = experiment_name_of(kwargs)
+                active[pool.submit(_train, kwargs, scratch, t0)] = label
+                report["running"][label] = round(time.time() - t0, 1)  # submitted at (s)
+                report["not_started"].remove(label)
+            save()
             if not active:
                 break
             done, _ = wait(active, return_when=FIRST_COMPLETED)
             for future in done:
                 label = active.pop(future)
+                report["running"].pop(label, None)
                 try:
                     row = future.result()
                     report["finished"].append(row)
@@ -110,7 +117,6 @@ def run(data_dir: str, workers: int, grids=GRIDS, device: str = "auto", deadline
                     print(f"{label} failed: {report['errors'][label]}", flush=True)
             report["wall_s"] = round(time.time() - t0, 1)
             save()
-    report["not_started"] = [experiment_name_of(r) for r in pending]
     report["wall_s"] = round(time.time() - t0, 1)
     report["all_finished"] = len(report["finished"]) == len(runs)
     by_grid: Dict[str, float] = {}

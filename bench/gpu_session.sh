@@ -10,19 +10,24 @@
 #   check: the diagnostics (bench/gpu_check.py: every exp1 epoch time with CUDA graphs and three
 #     of them eager, grid workers sharing the GPU, torch.compile, exp2), then the exp2 recipe sweep.
 # The independent airbench94 calibration (bench/airbench_reference.py) is not rerun: its CPU figures stand.
+# SMOKE=1 rehearses the whole script on a CPU with tiny sizes (the plumbing, not the figures; the
+# programme mode then trains test_run and exp1_3 only: a CPU tests the full 10000 images slowly).
 set -euo pipefail
 npz=${1:?path to cifar10-jpeg.npz}; out=${2:-.}; mode=${3:-programme}; data=/tmp/cifar
-python "$(dirname "$npz")/make_cifar10.py" "$data"
-timeout 60 python -m pytest -q -p no:cacheprovider --noconftest tests/test_cuda_graph.py tests/test_cifar.py -k "cuda or graph" \
+py=${PYTHON:-python3}  # the GPU image's python3 holds PyTorch
+smoke=${SMOKE:+--smoke}
+"$py" "$(dirname "$npz")/make_cifar10.py" "$data"
+timeout 60 "$py" -m pytest -q -p no:cacheprovider --noconftest tests/test_cuda_graph.py tests/test_cifar.py -k "cuda or graph" \
   > "$out/cuda_tests.log" 2>&1 || echo "CUDA tests failed or timed out"
 case "$mode" in
   programme)
-    PYTHONUNBUFFERED=1 timeout 520 python bench/gpu_programme.py --data-dir "$data" --workers 4 --deadline 480 \
-      --out "$out/gpu_programme.json" > "$out/gpu_programme.log" 2>&1 || echo "programme stopped early";;
+    PYTHONUNBUFFERED=1 timeout 520 "$py" bench/gpu_programme.py --data-dir "$data" --workers 4 --deadline 480 \
+      --out "$out/gpu_programme.json" ${smoke:+$smoke --grids test_run,exp1_3} > "$out/gpu_programme.log" 2>&1 \
+      || echo "programme stopped early";;
   check)
-    timeout 300 python bench/gpu_check.py --data-dir "$data" --out "$out/gpu_check.json" --deadline 270 \
+    timeout 300 "$py" bench/gpu_check.py --data-dir "$data" --out "$out/gpu_check.json" --deadline 270 $smoke \
       > "$out/gpu_check.log" 2>&1 || echo "gpu_check stopped early"
-    timeout 180 python bench/gpu_sweep.py --data-dir "$data" --variants-file bench/exp2_next_sweep.json \
+    [ -n "$smoke" ] || timeout 180 "$py" bench/gpu_sweep.py --data-dir "$data" --variants-file bench/exp2_next_sweep.json \
       --out "$out/sweep.json" --deadline 160 > "$out/sweep.log" 2>&1 || echo "sweep stopped early";;
   *) echo "mode must be programme or check, got $mode"; exit 2;;
 esac

@@ -61,6 +61,7 @@ def test_gpu_programme_trains_every_configuration_once_heaviest_first(tmp_path):
     report = gpu_programme.run(str(root), 2, ["test_run", "exp1_3", "exp1_4"], device="cpu", out=str(out), smoke=True)
     assert json.loads(out.read_text()) == report
     assert report["configurations"] == 1 + 4 + 6 and report["all_finished"] and not report["errors"]
+    assert report["running"] == {} and report["not_started"] == []
     labels = [r["label"] for r in report["finished"]]
     assert sorted(labels) == sorted(["test_run_L1_K32-64"] + [f"exp1_3_L{L}_K64-128-256" for L in (1, 2, 3, 4)] +
                                     [f"exp1_4_L{L}_K32" for L in (8, 16, 32)] +
