@@ -68,17 +68,17 @@ def _train(kwargs: Dict[str, Any], scratch: str, t0: float) -> Dict[str, Any]:
 
 
 def run(data_dir: str, workers: int, grids=GRIDS, device: str = "auto", deadline_s: float = float("inf"),
-        out: str | None = None, smoke: bool = False) -> Dict[str, Any]:
+        out: str | None = None, smoke: bool = False, cuda_graphs: str = "auto") -> Dict[str, Any]:
     import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     overrides = {**(SMOKE if smoke else {}), "device": device,
-                 "options": {**(SMOKE["options"] if smoke else {}), "data_dir": data_dir}}
+                 "options": {**(SMOKE["options"] if smoke else {}), "data_dir": data_dir, "cuda_graphs": cuda_graphs}}
     runs = heaviest_first([r for g in grids for r in expand_grid(load_grid_config(g), overrides)])
     report: Dict[str, Any] = dict(
         device=torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu", torch=torch.__version__,
-        workers=workers, configurations=len(runs), grids=list(grids), smoke=smoke, finished=[], errors={},
+        workers=workers, cuda_graphs=cuda_graphs, configurations=len(runs), grids=list(grids), smoke=smoke, finished=[], errors={},
         running={}, not_started=[experiment_name_of(r) for r in runs])
 
     def save():
@@ -135,6 +135,8 @@ def main(argv=None) -> int:
     ap.add_argument("--grids", default=",".join(GRIDS))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds after which no configuration starts")
+    ap.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
+                    help="the runs' cuda_graphs option (off: eager, e.g. if the CUDA-graph tests failed)")
     ap.add_argument("--out", default="gpu_programme.json")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (1 epoch, 200 images): checks the script on a CPU")
     args = ap.parse_args(argv)
@@ -144,7 +146,7 @@ def main(argv=None) -> int:
     unknown = sorted(set(grids) - set(GRIDS))
     if unknown:
         ap.error(f"unknown grids {unknown}; valid: {', '.join(GRIDS)}")
-    report = run(args.data_dir, args.workers, grids, args.device, args.deadline, args.out, args.smoke)
+    report = run(args.data_dir, args.workers, grids, args.device, args.deadline, args.out, args.smoke, args.cuda_graphs)
     print(f"{len(report['finished'])}/{report['configurations']} configurations in {report['wall_s']} s "
           f"with {args.workers} workers on {report['device']}; not started: {len(report['not_started'])}; "
           f"errors: {len(report['errors'])}")

@@ -10,6 +10,7 @@
 #   check: the diagnostics (bench/gpu_check.py: every exp1 epoch time with CUDA graphs and three
 #     of them eager, grid workers sharing the GPU, torch.compile, exp2), then the exp2 recipe sweep.
 # The independent airbench94 calibration (bench/airbench_reference.py) is not rerun: its CPU figures stand.
+# CUDA_GRAPHS=off trains the programme eagerly (e.g. after the CUDA-graph tests failed).
 # SMOKE=1 rehearses the whole script on a CPU with tiny sizes (the plumbing, not the figures; the
 # programme mode then trains test_run and exp1_3 only: a CPU tests the full 10000 images slowly).
 set -euo pipefail
@@ -22,7 +23,8 @@ timeout 60 "$py" -m pytest -q -p no:cacheprovider --noconftest tests/test_cuda_g
 case "$mode" in
   programme)
     PYTHONUNBUFFERED=1 timeout 520 "$py" bench/gpu_programme.py --data-dir "$data" --workers 4 --deadline 480 \
-      --out "$out/gpu_programme.json" ${smoke:+$smoke --grids test_run,exp1_3} > "$out/gpu_programme.log" 2>&1 \
+      --out "$out/gpu_programme.json" --cuda-graphs "${CUDA_GRAPHS:-auto}" ${smoke:+$smoke --grids test_run,exp1_3} \
+      > "$out/gpu_programme.log" 2>&1 \
       || echo "programme stopped early";;
   check)
     timeout 300 "$py" bench/gpu_check.py --data-dir "$data" --out "$out/gpu_check.json" --deadline 270 $smoke \

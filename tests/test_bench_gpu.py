@@ -75,7 +75,8 @@ def test_gpu_programme_trains_every_configuration_once_heaviest_first(tmp_path):
 
 
 def test_gpu_programme_starts_nothing_after_its_deadline(tmp_path):
-    report = gpu_programme.run(str(tmp_path), 2, ["exp1_3"], device="cpu", deadline_s=-1, smoke=True)
+    report = gpu_programme.run(str(tmp_path), 2, ["exp1_3"], device="cpu", deadline_s=-1, smoke=True, cuda_graphs="off")
+    assert report["cuda_graphs"] == "off"
     assert report["finished"] == [] and not report["all_finished"]
     assert report["not_started"] == [f"exp1_3_L{L}_K64-128-256" for L in (4, 3, 2, 1)]  # heaviest first
 
