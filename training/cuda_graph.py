@@ -25,8 +25,9 @@ first step, and checkpoints store it off so they load anywhere.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
@@ -58,6 +59,26 @@ def uncapturable_state_dict(optimizer: torch.optim.Optimizer) -> dict:
         if "capturable" in group:
             group["capturable"] = False
     return state
+
+
+@contextlib.contextmanager
+def _host_syncs(found: List[str]):
+    """Inside the block CUDA's sync debug mode warns (the code still runs); the host syncs it
+    reports are appended to `found`, every other warning is passed on."""
+    previous_mode = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield found
+        finally:
+            torch.cuda.set_sync_debug_mode(previous_mode)
+    for w in caught:
+        if _SYNC_WARNING in str(w.message):
+            # torch appends " (Triggered internally at <file>:<line>.)" to warnings raised in C++
+            found.append(str(w.message).split(" (Triggered internally at")[0])
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 class GraphedTrainStep:
@@ -128,26 +149,12 @@ class GraphedTrainStep:
         # on the capture stream's history).
         side, main = self._streams[0], torch.cuda.current_stream(X.device)
         side.wait_stream(main)
-        if not watch_syncs:
-            with torch.cuda.stream(side):
+        syncs: List[str] = []
+        try:
+            with torch.cuda.stream(side), (_host_syncs(syncs) if watch_syncs else contextlib.nullcontext()):
                 out = self.step_fn(X, y)
+        finally:
             main.wait_stream(side)
-            return out, None
-        previous_mode = torch.cuda.get_sync_debug_mode()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                with torch.cuda.stream(side):
-                    torch.cuda.set_sync_debug_mode("warn")
-                    out = self.step_fn(X, y)
-            finally:
-                torch.cuda.set_sync_debug_mode(previous_mode)
-                main.wait_stream(side)
-        # torch appends " (Triggered internally at <file>:<line>.)" to warnings raised in C++
-        syncs = [str(w.message).split(" (Triggered internally at")[0] for w in caught if _SYNC_WARNING in str(w.message)]
-        for w in caught:  # everything else is passed on (one step per run is watched)
-            if _SYNC_WARNING not in str(w.message):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return out, (syncs[0] if syncs else None)
 
     def _capture(self, X, y):
