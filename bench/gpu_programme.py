@@ -51,15 +51,11 @@ def _init(threads: int) -> None:
 
 
 def _train(kwargs: Dict[str, Any], scratch: str, t0: float) -> Dict[str, Any]:
-    from training.cnn_experiment import cnn_experiment
+    from bench.gpu_check import run_config  # the GPU scripts' one way to train a configuration untracked
 
     label = experiment_name_of(kwargs)
     start = time.time() - t0
-    path = cnn_experiment(**{**kwargs, "out_dir": os.path.join(scratch, "results"), "tracking": False,
-                             "log_model": False, "print_every": 0, "restart": True,
-                             "checkpoint_dir": os.path.join(scratch, "checkpoints", label)})
-    with open(path) as f:
-        res = json.load(f)
+    res, _ = run_config(kwargs, os.path.join(scratch, label), kwargs["data_dir"])
     final = res["final_test"]
     return dict(label=label, start_s=round(start, 1), end_s=round(time.time() - t0, 1),
                 epochs=len(res["epochs"]), best_epoch=final["best_epoch"], test_acc=final["test_acc"],

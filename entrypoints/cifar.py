@@ -11,7 +11,7 @@ import sys
 import click
 
 from entrypoints.common import (auto_is_none, device_list, print_where, resolve_device, start, tracking_options,
-                                zero_is_none)
+                                worker_count, zero_is_none)
 from training.config import COMPILE_MODES
 from training.grids import GRIDS
 
@@ -95,7 +95,7 @@ def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, device, ou
     from training.grids import run_grid
     from training.parallel import WorkerDiedError
 
-    workers = workers or len(devices or []) or 1
+    workers = worker_count(workers, devices)
     overrides = one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, resolve_device(device),
                                      out_dir, checkpoint_dir, restart, allow_small, compile_model, cuda_graphs)
     if download:

@@ -33,6 +33,11 @@ def device_list(ctx, param, value):
         raise click.BadParameter(e.message, param_hint="--devices") from None
 
 
+def worker_count(workers: Optional[int], devices: Optional[list]) -> int:
+    """--workers, else one worker per --devices entry, else 1."""
+    return workers or len(devices or []) or 1
+
+
 def tracking_options(f):
     """--tracking-uri and --experiment, the same on every entry point."""
     f = click.option("--experiment", default=None,

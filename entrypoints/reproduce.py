@@ -15,7 +15,7 @@ import click
 import torch
 
 from entrypoints.common import (auto_is_none, device_list, print_where, resolve_device, start, tracking_options,
-                                zero_is_none)
+                                worker_count, zero_is_none)
 from entrypoints.part1 import load_part1_config
 
 ALL_GRIDS = "test_run,exp1_1,exp1_2,exp1_3,exp1_4,exp2"
@@ -64,7 +64,7 @@ def cli(grids, allow_cpu, part1_config, epochs, bs_train, n_train, n_valid, allo
     from training.part1 import run_part1
 
     device = resolve_device(device)
-    workers = workers or len(devices or []) or 1
+    workers = worker_count(workers, devices)
     if grids and device == "cpu" and not allow_cpu:
         raise click.UsageError(
             f"no GPU here, and the CIFAR grids ({', '.join(grids)}) take days at full size on a CPU. Run them on a "
