@@ -10,7 +10,7 @@
 #   check: the diagnostics (bench/gpu_check.py: every exp1 epoch time with CUDA graphs and three
 #     of them eager, grid workers sharing the GPU, torch.compile, exp2), then the exp2 recipe sweep.
 # The independent airbench94 calibration (bench/airbench_reference.py) is not rerun: its CPU figures stand.
-# CUDA_GRAPHS=off trains the programme eagerly (e.g. after the CUDA-graph tests failed).
+# CUDA_GRAPHS=off trains the programme eagerly; left unset, it is auto, or off when the CUDA tests fail.
 # SMOKE=1 rehearses the whole script on a CPU with tiny sizes (the plumbing, not the figures; the
 # programme mode then trains test_run and exp1_3 only: a CPU tests the full 10000 images slowly).
 set -euo pipefail
@@ -18,12 +18,17 @@ npz=${1:?path to cifar10-jpeg.npz}; out=${2:-.}; mode=${3:-programme}; data=/tmp
 py=${PYTHON:-python3}  # the GPU image's python3 holds PyTorch
 smoke=${SMOKE:+--smoke}
 "$py" "$(dirname "$npz")/make_cifar10.py" "$data"
-timeout 60 "$py" -m pytest -q -p no:cacheprovider --noconftest tests/test_cuda_graph.py tests/test_cifar.py -k "cuda or graph" \
-  > "$out/cuda_tests.log" 2>&1 || echo "CUDA tests failed or timed out"
+graphs=${CUDA_GRAPHS:-auto}
+if ! timeout 60 "$py" -m pytest -q -p no:cacheprovider --noconftest tests/test_cuda_graph.py tests/test_cifar.py -k "cuda or graph" \
+  > "$out/cuda_tests.log" 2>&1; then
+  # One loan is all there is: a failed graph test must not cost the programme's timing, so it runs eagerly.
+  echo "CUDA tests failed or timed out (see cuda_tests.log)"; [ -n "${CUDA_GRAPHS:-}" ] || graphs=off
+fi
+echo "cuda_graphs=$graphs"
 case "$mode" in
   programme)
     PYTHONUNBUFFERED=1 timeout 520 "$py" bench/gpu_programme.py --data-dir "$data" --workers 4 --deadline 480 \
-      --out "$out/gpu_programme.json" --cuda-graphs "${CUDA_GRAPHS:-auto}" ${smoke:+$smoke --grids test_run,exp1_3} \
+      --out "$out/gpu_programme.json" --cuda-graphs "$graphs" ${smoke:+$smoke --grids test_run,exp1_3} \
       > "$out/gpu_programme.log" 2>&1 \
       || echo "programme stopped early";;
   check)
