@@ -102,6 +102,15 @@ def test_grid_names_and_pool_every_follow_the_programme():
     assert pools["exp1_4_L32_K32"] == 6 and pools["exp1_4_L8_K64-128-256"] == 5  # the reference's table
 
 
+
+def test_every_shipped_grid_passes_its_own_checks_at_its_defaults(fake_cifar10):
+    """What `reproduce` and `mlflow run . -e <grid>` check before training: a shipped config that
+    fails them (test_run's 500 images per epoch against the 30000 floor did) refuses the whole programme."""
+    for grid in GRIDS:
+        for kwargs in expand_grid(load_grid_config(grid), dict(options=dict(data_dir=fake_cifar10))):
+            cnn_experiment(**{**kwargs, "dry_run": True})  # raises on the first failed check
+
+
 @pytest.mark.parametrize("grid", ["test_run", "exp1_1", "exp1_2", "exp1_4", "exp2"])
 def test_every_grid_runs_end_to_end(mlflow_store, fake_cifar10, tmp_path, grid):
     overrides = small_overrides(fake_cifar10, out_dir=str(tmp_path / "results"))
