@@ -50,21 +50,28 @@ def _init(threads: int) -> None:
     torch.backends.cudnn.benchmark = True
 
 
-def _train(kwargs: Dict[str, Any], scratch: str, t0: float) -> Dict[str, Any]:
-    from bench.gpu_check import run_config  # the GPU scripts' one way to train a configuration untracked
+def _train(kwargs: Dict[str, Any], scratch: str, t0: float, test_each_epoch: bool = False) -> Dict[str, Any]:
+    from bench.gpu_check import run_config, summarise_training  # the GPU scripts' one way to train untracked
 
     label = experiment_name_of(kwargs)
     start = time.time() - t0
-    res, _ = run_config(kwargs, os.path.join(scratch, label), kwargs["data_dir"])
+    res, wall = run_config(kwargs, os.path.join(scratch, label), kwargs["data_dir"],
+                           **({"test_each_epoch": True} if test_each_epoch else {}))
     final = res["final_test"]
-    return dict(label=label, start_s=round(start, 1), end_s=round(time.time() - t0, 1),
-                epochs=len(res["epochs"]), best_epoch=final["best_epoch"], test_acc=final["test_acc"],
-                best_valid_acc=final["best_valid_acc"], fit_s=round(final["fit_wall_time_s"], 1),
-                execution=res.get("execution"))
+    row = dict(label=label, start_s=round(start, 1), end_s=round(time.time() - t0, 1),
+               epochs=len(res["epochs"]), best_epoch=final["best_epoch"], test_acc=final["test_acc"],
+               best_valid_acc=final["best_valid_acc"], fit_s=round(final["fit_wall_time_s"], 1),
+               execution=res.get("execution"))
+    if test_each_epoch:  # DAWNBench-style time to 90 / 93 / 94 % test accuracy
+        summary = summarise_training(res, wall)
+        row.update(test_acc_per_epoch=summary.get("test_acc_per_epoch"),
+                   time_to_test_acc_s=summary.get("time_to_test_acc_s"))
+    return row
 
 
 def run(data_dir: str, workers: int, grids=GRIDS, device: str = "auto", deadline_s: float = float("inf"),
-        out: str | None = None, smoke: bool = False, cuda_graphs: str = "auto") -> Dict[str, Any]:
+        out: str | None = None, smoke: bool = False, cuda_graphs: str = "auto", only: List[str] | None = None,
+        test_each_epoch: bool = False) -> Dict[str, Any]:
     import torch
 
     if device == "auto":
@@ -72,9 +79,14 @@ def run(data_dir: str, workers: int, grids=GRIDS, device: str = "auto", deadline
     overrides = {**(SMOKE if smoke else {}), "device": device,
                  "options": {**(SMOKE["options"] if smoke else {}), "data_dir": data_dir, "cuda_graphs": cuda_graphs}}
     runs = heaviest_first([r for g in grids for r in expand_grid(load_grid_config(g), overrides)])
+    if only:
+        missing = sorted(set(only) - {experiment_name_of(r) for r in runs})
+        if missing:
+            raise ValueError(f"--only names no configuration of grids {list(grids)}: {missing}")
+        runs = [r for r in runs if experiment_name_of(r) in only]
     report: Dict[str, Any] = dict(
         device=torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu", torch=torch.__version__,
-        workers=workers, cuda_graphs=cuda_graphs, configurations=len(runs), grids=list(grids), smoke=smoke, finished=[], errors={},
+        workers=workers, cuda_graphs=cuda_graphs, test_each_epoch=test_each_epoch, configurations=len(runs), grids=list(grids), smoke=smoke, finished=[], errors={},
         running={}, not_started=[experiment_name_of(r) for r in runs])
 
     def save():
@@ -93,7 +105,7 @@ def run(data_dir: str, workers: int, grids=GRIDS, device: str = "auto", deadline
             while pending and len(active) < workers and time.time() - t0 < deadline_s:
                 kwargs = pending.pop(0)
                 label = experiment_name_of(kwargs)
-                active[pool.submit(_train, kwargs, scratch, t0)] = label
+                active[pool.submit(_train, kwargs, scratch, t0, test_each_epoch)] = label
                 report["running"][label] = round(time.time() - t0, 1)  # submitted at (s)
                 report["not_started"].remove(label)
             save()
@@ -133,6 +145,9 @@ def main(argv=None) -> int:
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds after which no configuration starts")
     ap.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
                     help="the runs' cuda_graphs option (off: eager, e.g. if the CUDA-graph tests failed)")
+    ap.add_argument("--only", default="", help="comma-separated configuration names (e.g. exp2_L3_K32-64-128)")
+    ap.add_argument("--test-each-epoch", action="store_true",
+                    help="test after every epoch (execution-only): time to 90 / 93 / 94 %% test accuracy")
     ap.add_argument("--out", default="gpu_programme.json")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (1 epoch, 200 images): checks the script on a CPU")
     args = ap.parse_args(argv)
@@ -142,7 +157,11 @@ def main(argv=None) -> int:
     unknown = sorted(set(grids) - set(GRIDS))
     if unknown:
         ap.error(f"unknown grids {unknown}; valid: {', '.join(GRIDS)}")
-    report = run(args.data_dir, args.workers, grids, args.device, args.deadline, args.out, args.smoke, args.cuda_graphs)
+    try:
+        report = run(args.data_dir, args.workers, grids, args.device, args.deadline, args.out, args.smoke,
+                     args.cuda_graphs, [o for o in args.only.split(",") if o], args.test_each_epoch)
+    except ValueError as e:
+        ap.error(str(e))
     print(f"{len(report['finished'])}/{report['configurations']} configurations in {report['wall_s']} s "
           f"with {args.workers} workers on {report['device']}; not started: {len(report['not_started'])}; "
           f"errors: {len(report['errors'])}")

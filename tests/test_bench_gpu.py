@@ -86,3 +86,20 @@ def test_time_to_accuracy_is_the_first_epoch_reaching_each_target():
 
     assert time_to_accuracy([10.0, 20.0, 30.0, 40.0], [88.0, 93.5, 92.0, 94.2]) == {"90": 20.0, "93": 20.0, "94": 40.0}
     assert time_to_accuracy([10.0], [89.9]) == {"90": None, "93": None, "94": None}
+
+
+def test_gpu_programme_only_and_test_each_epoch(tmp_path):
+    root = write_fake_cifar10(tmp_path / "data", n_train_per_batch=60, n_test=40)
+    report = gpu_programme.run(str(root), 1, ["test_run", "exp1_3"], device="cpu", smoke=True,
+                               only=["exp1_3_L1_K64-128-256"], test_each_epoch=True)
+    assert [r["label"] for r in report["finished"]] == ["exp1_3_L1_K64-128-256"] and report["all_finished"]
+    row = report["finished"][0]
+    assert row["test_acc_per_epoch"] == [row["test_acc"]]  # one epoch: its test is the final one
+    assert set(row["time_to_test_acc_s"]) == {"90", "93", "94"}
+
+
+def test_gpu_programme_only_naming_no_configuration_is_refused_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        gpu_programme.main(["--data-dir", str(tmp_path), "--grids", "exp1_3", "--only", "exp1_3_L9_K64-128-256",
+                            "--out", str(tmp_path / "p.json")])
+    assert "exp1_3_L9_K64-128-256" in capsys.readouterr().err and not (tmp_path / "p.json").exists()
