@@ -97,3 +97,47 @@ def exp1_epoch(data_dir: Optional[str], quick: bool = False) -> Dict[str, Any]:
           f"45000-image epoch (+{valid_s:.1f} s validation; fastest epoch {out['full_epoch_train_s_fastest']:.0f} s)",
           flush=True)
     return out
+
+
+def compile_cost(data_dir: Optional[str], quick: bool = False) -> Dict[str, Any]:
+    """What `compile=True` costs and buys for exp1_1_L2_K32: the same short epochs eager and compiled.
+
+    The first compiled epoch pays the compilation (training and evaluation graphs); the later ones
+    show the steady speed. Break-even: the compile time over the seconds saved per full
+    45000-image epoch; it decides whether compile should stay off for the short grid runs."""
+    from bench.gpu_check import run_config
+    from training.grids import expand_grid, load_grid_config
+
+    grid, K, L = EXP1_CONFIG
+    kwargs = next(k for k in expand_grid(load_grid_config(grid))
+                  if k["filters_per_layer"] == [K] and k["layers_per_block"] == L)
+    batches, epochs = (4, 2) if quick else (16, 4)
+    load_before = load_average()
+    out: Dict[str, Any] = dict(config=f"{grid}_L{L}_K{K}", batches_per_epoch=batches, epochs=epochs)
+    samples = []
+    for compiled in (False, True):
+        box: Dict[str, Any] = {}
+        with tempfile.TemporaryDirectory(prefix="bench_compile_") as out_dir, \
+                open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            samples.append(timed(lambda: box.setdefault("res", run_config(
+                {**kwargs, "epochs": epochs, "early_stopping": None, "batches": batches, "allow_small": True},
+                out_dir, data_dir, compile=compiled))))
+        res, wall = box["res"]
+        steady = statistics.median(e["train_images_per_s"] for e in res["epochs"][1:])
+        out["compiled" if compiled else "eager"] = dict(
+            epoch_s=[rounded(e["epoch_time_s"], 2) for e in res["epochs"]], run_wall_s=rounded(wall, 1),
+            steady_train_images_per_s=rounded(steady, 1))
+    eager, comp = out["eager"], out["compiled"]
+    out["compile_overhead_s"] = rounded(comp["epoch_s"][0] - eager["epoch_s"][0], 1)
+    out["steady_speedup"] = rounded(comp["steady_train_images_per_s"] / eager["steady_train_images_per_s"], 3)
+    n_train = kwargs["n_train"]
+    saved_per_epoch = n_train / eager["steady_train_images_per_s"] - n_train / comp["steady_train_images_per_s"]
+    out["saved_per_full_epoch_s"] = rounded(saved_per_epoch, 2)
+    out["break_even_full_epochs"] = (rounded(out["compile_overhead_s"] / saved_per_epoch, 1)
+                                     if saved_per_epoch > 0 else None)  # None: compiled is no faster
+    out.update(planned_max_epochs=kwargs["epochs"], background_cores=rounded(background_cores(samples), 2),
+               load_before=load_before, load_after=load_average())
+    print(f"  [compile] {out['config']}: compile costs {out['compile_overhead_s']} s, steady speedup "
+          f"{out['steady_speedup']}x, break-even after {out['break_even_full_epochs']} full epochs "
+          f"(the grid plans {out['planned_max_epochs']})", flush=True)
+    return out

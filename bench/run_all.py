@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # `python bench/run_all.py`: make the repository 
 from bench.common import format_table, load_average, machine_info  # noqa: E402
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-STEPS = ("train", "data", "mlflow", "e2e")
+STEPS = ("train", "data", "mlflow", "e2e", "compile")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -102,6 +102,8 @@ def run_steps(args: argparse.Namespace, report: Report, data_dir: str) -> None:
     if "e2e" in steps:
         report.step("part1_main", lambda: end_to_end.part1_main(args.quick))
         report.step("exp1_epoch", lambda: end_to_end.exp1_epoch(data_dir, args.quick))
+    if "compile" in steps:
+        report.step("compile", lambda: end_to_end.compile_cost(data_dir, args.quick))
 
 
 # ----------------------------------------------------------------------------------------- tables
@@ -154,7 +156,15 @@ def summary_rows(doc: Dict[str, Any]) -> List[List[Any]]:
                      f"{e1['full_epoch_train_s']:.0f} s train + {e1['valid_5000_s']:.1f} s validation "
                      f"(fastest epoch {e1['full_epoch_train_s_fastest']:.0f} s)",
                      f"{e1['train_images_per_s']:,.0f} img/s", "", "", ""])
-    for key in ("train_step", "data_path", "mlflow_logging", "part1_main", "exp1_epoch"):
+    cc = doc.get("compile", {})
+    if "compile_overhead_s" in cc:
+        rows.append([f"torch.compile, {cc['config']} ({cc['epochs']} epochs of {cc['batches_per_epoch']} batches)",
+                     f"{cc['compiled']['steady_train_images_per_s']:,.0f} img/s compiled, after "
+                     f"{cc['compile_overhead_s']:.0f} s of compiling",
+                     f"{cc['eager']['steady_train_images_per_s']:,.0f} img/s eager",
+                     f"{cc['steady_speedup']:.2f}x steady; break-even after {cc['break_even_full_epochs']} full "
+                     f"epochs (grid: {cc['planned_max_epochs']})", "", ""])
+    for key in ("train_step", "data_path", "mlflow_logging", "part1_main", "exp1_epoch", "compile"):
         if isinstance(doc.get(key), dict) and "error" in doc[key]:
             rows.append([key, "ERROR", doc[key]["error"][:120], "", "", ""])
     return rows
