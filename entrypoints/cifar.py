@@ -80,8 +80,8 @@ def one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, 
 @one_config_options
 @click.option("--download/--no-download", default=False, show_default=True, help="Download CIFAR-10 when missing.")
 @click.option("--workers", type=int, default=None, callback=zero_is_none,
-              help="Worker processes training configurations in parallel (default: one per --devices entry, "
-                   "else 1). On a local SQLite store a private MLflow server takes the writes.")
+              help="Worker processes training configurations in parallel (default: 4 per GPU of >= 32 GiB, "
+                   "else 1 per device). On a local SQLite store a private MLflow server takes the writes.")
 @click.option("--devices", default=None, callback=device_list,
               help="Comma-separated devices handed to the workers round-robin, e.g. cuda:0,cuda:1 "
                    "(overrides --device).")
@@ -95,8 +95,9 @@ def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, device, ou
     from training.grids import run_grid
     from training.parallel import WorkerDiedError
 
-    workers = worker_count(workers, devices)
-    overrides = one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, resolve_device(device),
+    device = resolve_device(device)
+    workers = worker_count(workers, devices, device)
+    overrides = one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, device,
                                      out_dir, checkpoint_dir, restart, allow_small, compile_model, cuda_graphs)
     if download:
         overrides["options"]["download"] = True

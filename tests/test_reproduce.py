@@ -65,3 +65,13 @@ def test_whole_programme_with_workers(mlflow_store, fake_cifar10, tmp_path):
 def test_workers_must_be_positive(mlflow_store):
     result = CliRunner().invoke(cli, ["--grids", "", "--workers", "-1"])
     assert result.exit_code == 2 and "must be a positive integer" in result.output
+
+
+def test_default_workers_share_only_large_gpus():
+    from entrypoints.common import GPU_SHARING_WORKERS, worker_count, workers_for_gpu_memory
+
+    assert workers_for_gpu_memory(80 * 2**30) == GPU_SHARING_WORKERS == 4  # an H100: the measured setting
+    assert workers_for_gpu_memory(16 * 2**30) == 1                         # a small GPU: not tried, one worker
+    assert worker_count(None, None, "cpu") == 1                            # a CPU's cores would only be split
+    assert worker_count(None, ["cpu", "cpu"], "cpu") == 2                  # one per listed CPU device
+    assert worker_count(3, ["cpu"], "cpu") == 3                            # --workers wins
