@@ -30,17 +30,9 @@ from typing import Any, Dict, List
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from training.experiments import experiment_name_of  # noqa: E402
-from training.grids import GRIDS, expand_grid, load_grid_config  # noqa: E402
+from training.grids import GRIDS, expand_grid, heaviest_first, load_grid_config  # noqa: E402
 
 SMOKE = dict(epochs=1, bs_train=32, options=dict(n_train=200, n_valid=50, allow_small=True))
-
-
-def heaviest_first(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Longest-processing-time-first order: exp2, then ResNets, then plain nets, deeper and wider first
-    (a rough cost: layers x widest K); ties keep the programme's order."""
-    rank = {"ycn": 0, "resnet": 1, "cnn": 2}
-    return sorted(runs, key=lambda r: (rank.get(r["model_type"], 3),
-                                       -len(r["filters_per_layer"]) * r["layers_per_block"] * max(r["filters_per_layer"])))
 
 
 def _init(threads: int) -> None:

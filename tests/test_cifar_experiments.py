@@ -22,6 +22,7 @@ from conftest import PROJECT_ROOT, subprocess_env
 from entrypoints.cifar import cli
 from training import tracking
 from training.cnn_experiment import cnn_experiment
+from training.experiments import experiment_name_of
 from training.grids import GRIDS, expand_grid, load_grid_config, run_grid
 from training.results_io import load_experiment
 
@@ -339,3 +340,15 @@ def test_test_each_epoch_measures_without_changing_training(mlflow_store, fake_c
     assert per_epoch[each["final_test"]["best_epoch"] - 1] == each["final_test"]["test_acc"]
     logged = MlflowClient().get_metric_history(each["mlflow_run_id"], "epoch_test_acc")
     assert [m.step for m in logged] == [1, 2, 3] and [m.value for m in logged] == pytest.approx(per_epoch)
+
+
+def test_parallel_grids_hand_out_the_longest_configurations_first():
+    """Longest-first keeps 4 workers busy to the end (a rough cost, layers x widest K): on the H200,
+    exp1_4_L8_K64-128-256 trained longest (98 s), exp1_2_L8_K256 (65 s) and exp1_2_L2_K32 (8 s)."""
+    from training.grids import heaviest_first
+
+    order = [experiment_name_of(r) for r in heaviest_first(expand_grid(load_grid_config("exp1_4")))]
+    assert order[0] == "exp1_4_L8_K64-128-256"
+    exp1_2 = [experiment_name_of(r) for r in heaviest_first(expand_grid(load_grid_config("exp1_2")))]
+    assert exp1_2[0] == "exp1_2_L8_K256" and exp1_2[-1] == "exp1_2_L2_K32"
+    assert sorted(order) == sorted(experiment_name_of(r) for r in expand_grid(load_grid_config("exp1_4")))

@@ -74,6 +74,15 @@ def expand_grid(cfg: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] =
     return runs
 
 
+def heaviest_first(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Longest-processing-time-first order, so that parallel workers finish together instead of one
+    training the longest configuration alone at the end: exp2, then ResNets, then plain nets,
+    deeper and wider first (a rough cost: layers x widest K); ties keep the programme's order."""
+    rank = {"ycn": 0, "resnet": 1, "cnn": 2}
+    return sorted(runs, key=lambda r: (rank.get(r["model_type"], 3),
+                                       -len(r["filters_per_layer"]) * r["layers_per_block"] * max(r["filters_per_layer"])))
+
+
 def check_grid(runs: List[Dict[str, Any]]) -> None:
     """Validate every configuration (arguments, options, model shapes, data present) before the
     first one trains or any worker starts: cnn_experiment's own checks, in dry-run mode."""

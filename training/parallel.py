@@ -188,8 +188,9 @@ def run_grid_parallel(name: str, cfg: Mapping[str, Any], runs: List[Dict[str, An
     import multiprocessing
 
     from training.experiments import experiment_name_of
-    from training.grids import grid_parent_run, print_summary
+    from training.grids import grid_parent_run, heaviest_first, print_summary
 
+    runs = heaviest_first(runs)  # the workers then finish close together
     labels = [experiment_name_of(kw) for kw in runs]
     duplicates = sorted({lb for lb in labels if labels.count(lb) > 1})
     if duplicates:
