@@ -53,6 +53,7 @@ def _train(kwargs: Dict[str, Any], scratch: str, t0: float, test_each_epoch: boo
     row = dict(label=label, start_s=round(start, 1), end_s=round(time.time() - t0, 1),
                epochs=len(res["epochs"]), best_epoch=final["best_epoch"], test_acc=final["test_acc"],
                best_valid_acc=final["best_valid_acc"], fit_s=round(final["fit_wall_time_s"], 1),
+               epoch_s=[round(e["epoch_time_s"], 2) for e in res["epochs"]],  # train + validation, each epoch
                execution=res.get("execution"))
     if test_each_epoch:  # DAWNBench-style time to 90 / 93 / 94 % test accuracy
         summary = summarise_training(res, wall)

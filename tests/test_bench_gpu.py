@@ -70,7 +70,7 @@ def test_gpu_programme_trains_every_configuration_once_heaviest_first(tmp_path):
     assert max(starts[k] for k in starts if k.startswith("exp1_4")) <= min(starts[k] for k in starts
                                                                           if not k.startswith("exp1_4"))
     assert all(r["epochs"] == 1 and 0 <= r["test_acc"] <= 100 and r["start_s"] <= r["end_s"] <= report["wall_s"]
-               for r in report["finished"])
+               and len(r["epoch_s"]) == 1 and 0 < r["epoch_s"][0] <= r["fit_s"] + 0.05 for r in report["finished"])
     assert report["fit_s_by_grid"].keys() == {"test_run", "exp1_3", "exp1_4"}
 
 
