@@ -27,6 +27,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXP1_CONFIG = ("exp1_1", 32, 2)  # grid, K, L
 
 
+def _exp1_kwargs() -> Dict[str, Any]:
+    """EXP1_CONFIG's cnn_experiment arguments, exactly as its grid configures it."""
+    from training.grids import expand_grid, load_grid_config
+
+    grid, K, L = EXP1_CONFIG
+    return next(k for k in expand_grid(load_grid_config(grid))
+                if k["filters_per_layer"] == [K] and k["layers_per_block"] == L)
+
+
 def part1_main(quick: bool = False, timeout_s: float = 1800.0) -> Dict[str, Any]:
     """Wall time of Part 1's main job as a user runs it (quick: the grid at 1 epoch per cell)."""
     cmd = [sys.executable, "-m", "entrypoints.part1", "main"] + (["--epochs", "1"] if quick else [])
@@ -62,11 +71,9 @@ def exp1_epoch(data_dir: Optional[str], quick: bool = False) -> Dict[str, Any]:
     and the fastest is kept too, because a single epoch here can run 6x slower when another job
     takes a core (seen: 614 vs 3936 img/s for the same 16 batches, minutes apart)."""
     from bench.gpu_check import run_config
-    from training.grids import expand_grid, load_grid_config
 
     grid, K, L = EXP1_CONFIG
-    kwargs = next(k for k in expand_grid(load_grid_config(grid))
-                  if k["filters_per_layer"] == [K] and k["layers_per_block"] == L)
+    kwargs = _exp1_kwargs()
     batches, epochs = (4, 2) if quick else (16, 5)
     n_train, bs = kwargs["n_train"], kwargs["bs_train"]
     load_before = load_average()
@@ -106,11 +113,9 @@ def compile_cost(data_dir: Optional[str], quick: bool = False) -> Dict[str, Any]
     show the steady speed. Break-even: the compile time over the seconds saved per full
     45000-image epoch; it decides whether compile should stay off for the short grid runs."""
     from bench.gpu_check import run_config
-    from training.grids import expand_grid, load_grid_config
 
     grid, K, L = EXP1_CONFIG
-    kwargs = next(k for k in expand_grid(load_grid_config(grid))
-                  if k["filters_per_layer"] == [K] and k["layers_per_block"] == L)
+    kwargs = _exp1_kwargs()
     batches, epochs = (4, 2) if quick else (16, 4)
     load_before = load_average()
     out: Dict[str, Any] = dict(config=f"{grid}_L{L}_K{K}", batches_per_epoch=batches, epochs=epochs)
