@@ -14,7 +14,7 @@ import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -209,3 +209,10 @@ def _fmt(value: object) -> str:
 
 def rounded(value: Optional[float], digits: int = 3) -> Optional[float]:
     return None if value is None else round(float(value), digits)
+
+
+def break_even_text(cc: Dict[str, Any]) -> str:
+    """The compile benchmark's break-even, in words (None means the compiled step is no faster)."""
+    epochs = cc["break_even_full_epochs"]
+    grid = f"the grid plans {cc['planned_max_epochs']}"
+    return f"never, compiled is no faster ({grid})" if epochs is None else f"after {epochs} full epochs ({grid})"

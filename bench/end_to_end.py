@@ -21,7 +21,7 @@ import sys
 import tempfile
 from typing import Any, Dict, Optional
 
-from bench.common import background_cores, load_average, rounded, timed
+from bench.common import background_cores, break_even_text, load_average, rounded, timed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXP1_CONFIG = ("exp1_1", 32, 2)  # grid, K, L
@@ -143,6 +143,5 @@ def compile_cost(data_dir: Optional[str], quick: bool = False) -> Dict[str, Any]
     out.update(planned_max_epochs=kwargs["epochs"], background_cores=rounded(background_cores(samples), 2),
                load_before=load_before, load_after=load_average())
     print(f"  [compile] {out['config']}: compile costs {out['compile_overhead_s']} s, steady speedup "
-          f"{out['steady_speedup']}x, break-even after {out['break_even_full_epochs']} full epochs "
-          f"(the grid plans {out['planned_max_epochs']})", flush=True)
+          f"{out['steady_speedup']}x, break-even: {break_even_text(out)}", flush=True)
     return out

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 if __package__ in (None, ""):  # `python bench/run_all.py`: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import format_table, load_average, machine_info  # noqa: E402
+from bench.common import break_even_text, format_table, load_average, machine_info  # noqa: E402
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 STEPS = ("train", "data", "mlflow", "e2e", "compile")
@@ -160,10 +160,9 @@ def summary_rows(doc: Dict[str, Any]) -> List[List[Any]]:
     if "compile_overhead_s" in cc:
         rows.append([f"torch.compile, {cc['config']} ({cc['epochs']} epochs of {cc['batches_per_epoch']} batches)",
                      f"{cc['compiled']['steady_train_images_per_s']:,.0f} img/s compiled, after "
-                     f"{cc['compile_overhead_s']:.0f} s of compiling",
+                     f"{cc['compile_overhead_s']:.1f} s of compiling",
                      f"{cc['eager']['steady_train_images_per_s']:,.0f} img/s eager",
-                     f"{cc['steady_speedup']:.2f}x steady; break-even after {cc['break_even_full_epochs']} full "
-                     f"epochs (grid: {cc['planned_max_epochs']})", "", ""])
+                     f"{cc['steady_speedup']:.2f}x steady; break-even: {break_even_text(cc)}", "", ""])
     for key in ("train_step", "data_path", "mlflow_logging", "part1_main", "exp1_epoch", "compile"):
         if isinstance(doc.get(key), dict) and "error" in doc[key]:
             rows.append([key, "ERROR", doc[key]["error"][:120], "", "", ""])
