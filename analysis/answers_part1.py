@@ -105,7 +105,7 @@ def model_free_rates() -> Dict[str, Dict[str, float]]:
     what the data generation alone implies, with no neural network involved."""
     from sklearn.neighbors import KNeighborsClassifier
 
-    from training.synthetic import make_synthetic_splits
+    from training.data.synthetic import make_synthetic_splits
 
     splits = make_synthetic_splits(42)
     knn = KNeighborsClassifier(25).fit(splits["train"].X, splits["train"].y)
@@ -128,7 +128,7 @@ def part1_q2(data: ReportData) -> str:
               f"fits the 10° moons, and the extra 40° rotation of the validation moons carries the end of one moon "
               f"across it. Which class loses more follows from the geometry; simulating it with a model-free "
               f"classifier (25 nearest neighbours fit on the training split, computed now from "
-              f"`training.synthetic`) gives validation FPR {rate(ref['fpr'])} and FNR {rate(ref['fnr'])}: the "
+              f"`training.data.synthetic`) gives validation FPR {rate(ref['fpr'])} and FNR {rate(ref['fnr'])}: the "
               f"rotation pushes {pushed}, "
               f"so **we expect the {expect} to be higher on validation**.")
     if fc is None:

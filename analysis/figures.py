@@ -250,7 +250,7 @@ def first_classifier_figures(first: pd.Series, history: pd.DataFrame, splits, ou
     splits, rebuilt from the logged model) and its decision boundary on validation."""
     from analysis.loaded import load_binary_classifier
     from models.classifier import plot_decision_boundary_2d
-    from training.evaluation import binary_report, plot_confusion
+    from training.part1.evaluation import binary_report, plot_confusion
 
     paths = []
     fig, _ = plot_fit(_fit_of(history, "valid_acc_epoch"), train_test_overlay=True)

@@ -2,7 +2,7 @@
 
 Only `mlflow.search_runs` and `MlflowClient.get_metric_history` are used, so the same code
 reads the local sqlite store and a tracking server. It relies on the conventions of
-`training.tracking`: every grid is a parent run tagged `grid=<name>`, `archlab.role=parent`,
+`training.tracking.runs`: every grid is a parent run tagged `grid=<name>`, `archlab.role=parent`,
 and each configuration a child tagged `grid=<name>`, `archlab.role=child`,
 `archlab.config_hash=<hash>` (Part 1's first classifier: tag `grid=first_classifier`, no role).
 
@@ -20,8 +20,8 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from training import tracking
-from training.grids import GRIDS as CIFAR_GRIDS
+from training.tracking import runs as tracking
+from training.grids.expand import GRIDS as CIFAR_GRIDS
 
 PART1_GRIDS = ("first_classifier", "mlp_grid")
 ALL_GRIDS = PART1_GRIDS + tuple(CIFAR_GRIDS)
@@ -252,12 +252,12 @@ def expected_configurations(grid: str) -> List[str]:
     if grid == "first_classifier":
         return ["first_classifier"]
     if grid == "mlp_grid":
-        from training.part1 import grid_run_name
+        from training.part1.runs import grid_run_name
 
         cfg = load_config("part1")["mlp_grid"]
         return [grid_run_name(d, w) for w in cfg["widths"] for d in cfg["depths"]]
     from training.experiments import experiment_name_of
-    from training.grids import expand_grid, load_grid_config
+    from training.grids.expand import expand_grid, load_grid_config
 
     return [experiment_name_of(kw) for kw in expand_grid(load_grid_config(grid))]
 

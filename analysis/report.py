@@ -43,7 +43,7 @@ def build_figures(data: ReportData, out_dir: Path) -> Dict[str, List[Path]]:
     if cifar_done:
         figs["cifar"] = [F.depth_overview(cifar_done, out_dir)]
 
-    from training.synthetic import make_synthetic_splits
+    from training.data.synthetic import make_synthetic_splits
 
     first, mlp = data.first, data.finished("mlp_grid")
     splits = make_synthetic_splits(42) if first is not None or len(mlp) else None
@@ -114,7 +114,7 @@ def summary(result: ReportResult) -> str:
               help="Also log each grid's figures to its newest parent run (artifact folder report/).")
 def cli(out: str, tracking_uri: Optional[str], experiment: Optional[str], log_artifacts: bool) -> None:
     """Build reports/answers.md and the figures from the runs in the store (never trains)."""
-    from training import tracking
+    from training.tracking import runs as tracking
 
     try:
         tracking.configure_tracking(tracking_uri)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable
 import torch
 
 from bench.common import interleave, load_average, ratio, rounded, torch_threads
-from training.cifar import CIFAR10_MEAN, CIFAR10_STD, DeviceLoader, load_cifar10
+from training.data.cifar import CIFAR10_MEAN, CIFAR10_STD, DeviceLoader, load_cifar10
 
 BATCH_SIZE = 128
 TARGET_RATIO = 20.0

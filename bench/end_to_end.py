@@ -29,7 +29,7 @@ EXP1_CONFIG = ("exp1_1", 32, 2)  # grid, K, L
 
 def _exp1_kwargs() -> Dict[str, Any]:
     """EXP1_CONFIG's cnn_experiment arguments, exactly as its grid configures it."""
-    from training.grids import expand_grid, load_grid_config
+    from training.grids.expand import expand_grid, load_grid_config
 
     grid, K, L = EXP1_CONFIG
     return next(k for k in expand_grid(load_grid_config(grid))

@@ -32,9 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from training.cnn_experiment import cnn_experiment  # noqa: E402
+from training.cnn.experiment import cnn_experiment  # noqa: E402
 from training.experiments import experiment_name_of  # noqa: E402
-from training.grids import expand_grid, load_grid_config  # noqa: E402
+from training.grids.expand import expand_grid, load_grid_config  # noqa: E402
 
 N_TRAIN, N_VALID = 45000, 5000
 

@@ -34,7 +34,7 @@ TIMED_BATCHES = {"exp1_1_L2_K32": 300, "exp1_4_L8_K32": 120}  # about 1 s each a
 
 def case_kwargs(case: str) -> Dict[str, Any]:
     """The configuration's cnn_experiment kwargs, as the grid would pass them."""
-    from training.grids import expand_grid, load_grid_config
+    from training.grids.expand import expand_grid, load_grid_config
 
     grid, index = CASES[case]
     return expand_grid(load_grid_config(grid))[index]
@@ -45,9 +45,9 @@ def _worker(case: str, device: str, data_dir: str, n_train: int, batches: int, w
     """One grid worker's training path for `batches` batches, timed between absolute clock readings."""
     import torch
 
-    from training.cifar import DeviceLoader, load_cifar10, make_splits
-    from training.cnn_experiment import Settings, autocast_dtype, build_model, cnn_experiment, use_cuda_graph
-    from training.optim import make_loss, make_optimizer
+    from training.data.cifar import DeviceLoader, load_cifar10, make_splits
+    from training.cnn.experiment import Settings, autocast_dtype, build_model, cnn_experiment, use_cuda_graph
+    from training.engine.optim import make_loss, make_optimizer
     from training.trainer import BatchLimit, ClassifierTrainer
 
     torch.set_num_threads(threads)

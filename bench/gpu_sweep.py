@@ -18,7 +18,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.gpu_check import run_config, summarise_training  # noqa: E402
-from training.grids import expand_grid, load_grid_config  # noqa: E402
+from training.grids.expand import expand_grid, load_grid_config  # noqa: E402
 
 
 def variant_kwargs(base: dict, variant: dict) -> dict:
@@ -33,7 +33,7 @@ def variant_kwargs(base: dict, variant: dict) -> dict:
 def check_variants(base: dict, variants: list, data_dir: str) -> None:
     """Every variant through cnn_experiment's own checks (layers on the meta device, data located)
     before the first one trains: a typo must not cost a GPU loan's minutes."""
-    from training.cnn_experiment import cnn_experiment
+    from training.cnn.experiment import cnn_experiment
 
     for v in variants:
         try:

@@ -2,7 +2,7 @@
 
 A real `mlflow server` (SQLite backend) runs on loopback as a subprocess. The grid exp1_2
 (12 configurations, 15 epochs max) is replayed through archlab's own tracking functions in the
-order `training.grids.run_grid` and `training.cnn_experiment.cnn_experiment` call them, with
+order `training.grids.expand.run_grid` and `training.cnn.experiment.cnn_experiment` call them, with
 training replaced by nothing:
 
   parent run (open_run + log_params of the grid), then for each configuration:
@@ -104,7 +104,7 @@ def _stop(proc: subprocess.Popen) -> None:
 # ------------------------------------------------------------------------------------- the grid
 def child_params(kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """The params dict cnn_experiment logs for one configuration (same keys, same value types)."""
-    from training.cnn_experiment import Settings
+    from training.cnn.experiment import Settings
 
     run_keys = ("seed", "bs_train", "bs_test", "batches", "epochs", "early_stopping", "lr", "reg",
                 "filters_per_layer", "layers_per_block", "pool_every", "hidden_dims", "model_type", "run_name")
@@ -132,7 +132,7 @@ def log_one_child(kwargs: Dict[str, Any], epochs: int) -> Dict[str, float]:
     """One configuration's MLflow traffic, each phase timed."""
     import mlflow
 
-    from training import tracking
+    from training.tracking import runs as tracking
     from training.config import config_hash
     from training.experiments import experiment_name_of
 
@@ -165,8 +165,8 @@ def log_grid(epochs: int, pace: Optional[Callable[[], float]] = None) -> Dict[st
     pace: called after each child's logging (and not counted in it); returns the 45000-image
     epoch time of the small CNN measured right then, so each run's logging cost is set against
     training measured under the same background load."""
-    from training import tracking
-    from training.grids import expand_grid, load_grid_config
+    from training.tracking import runs as tracking
+    from training.grids.expand import expand_grid, load_grid_config
 
     cfg = load_grid_config(GRID)
     runs = expand_grid(cfg)
@@ -174,7 +174,7 @@ def log_grid(epochs: int, pace: Optional[Callable[[], float]] = None) -> Dict[st
     children = []
     t0 = time.perf_counter()
     tags = {tracking.GRID_TAG: GRID, tracking.ROLE_TAG: "parent", "archlab.n_configurations": str(len(runs))}
-    with tracking.open_run(GRID, tags=tags, experiment="bench"):  # as training.grids.grid_parent_run logs it
+    with tracking.open_run(GRID, tags=tags, experiment="bench"):  # as training.grids.expand.grid_parent_run logs it
         tracking.log_params({"grid": cfg["grid"], "model_type": cfg["model_type"], "run_name": cfg["run_name"]})
         for kwargs in runs:
             child = log_one_child(kwargs, epochs)
@@ -209,8 +209,8 @@ def per_run_extras(workdir: str, n_runs: int) -> Dict[str, Any]:
     import mlflow
     import torch
 
-    from training import tracking
-    from training.cnn_experiment import Settings, build_model
+    from training.tracking import runs as tracking
+    from training.cnn.experiment import Settings, build_model
 
     model = build_model(dict(model_type="cnn", filters_per_layer=[32], layers_per_block=2, pool_every=1,
                              hidden_dims=[512]), Settings())
@@ -289,7 +289,7 @@ def run(data_dir: str, epoch_train_s: Optional[float] = None, epoch_train_s_fast
     denominator): those mix figures taken minutes apart under different load."""
     import mlflow
 
-    from training import tracking
+    from training.tracking import runs as tracking
 
     extras_runs = 1 if quick else 3
     pace = training_pace(data_dir)

@@ -50,7 +50,7 @@ def default_out(quick: bool) -> str:
 
 def check_data(data_dir: Optional[str]) -> str:
     """Fail in a second, with archlab's own message, rather than minutes in."""
-    from training.cifar import load_cifar10, resolve_data_dir
+    from training.data.cifar import load_cifar10, resolve_data_dir
 
     load_cifar10(data_dir)
     return str(resolve_data_dir(data_dir))

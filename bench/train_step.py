@@ -1,6 +1,6 @@
 """Benchmark 1: train-step throughput of archlab's `ClassifierTrainer.train_epoch` vs a bare loop.
 
-Both code paths train the same models (built by `training.cnn_experiment.build_model`,
+Both code paths train the same models (built by `training.cnn.experiment.build_model`,
 channels_last) with the same Adam (archlab's exp1 settings) on batches from the same kind of
 DeviceLoader over the 45000 exp1 training images. The trainer runs exactly as `fit` calls it:
 `train_epoch(BatchLimit(loader, n), verbose=True)` (tqdm bar on, sent to /dev/null here).
@@ -35,9 +35,9 @@ import torch.nn.functional as F
 
 from bench.common import (Series, background_cores, bootstrap_ci, interleave, load_average, merge_series,
                           paired_speed_ratios, rounded, speed_ratios, torch_threads)
-from training.cifar import DeviceLoader, make_splits
-from training.cnn_experiment import Settings, build_model
-from training.optim import make_loss, make_optimizer
+from training.data.cifar import DeviceLoader, make_splits
+from training.cnn.experiment import Settings, build_model
+from training.engine.optim import make_loss, make_optimizer
 from training.trainer import BatchLimit, ClassifierTrainer
 
 BATCH_SIZE = 128
@@ -82,7 +82,7 @@ PROBE_BATCHES, PROBE_ROUNDS, PROBE_QUICK_ROUNDS = 50, 12, 4
 
 def training_images(data_dir: str) -> tuple:
     """The exp1 training split: 45000 uint8 images + labels (5000 carved off for validation)."""
-    from training.cifar import load_cifar10
+    from training.data.cifar import load_cifar10
 
     train, _, _ = make_splits(load_cifar10(data_dir), n_train=45000, n_valid=5000, seed=42)
     return train.x, train.y

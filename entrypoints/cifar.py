@@ -13,7 +13,7 @@ import click
 from entrypoints.common import (auto_is_none, device_list, print_where, resolve_device, start, tracking_options,
                                 worker_count, zero_is_none)
 from training.config import COMPILE_MODES
-from training.grids import GRIDS
+from training.grids.expand import GRIDS
 
 COMPILE_CHOICES = [str(m).lower() for m in COMPILE_MODES]  # false, true, reduce-overhead, max-autotune
 
@@ -92,8 +92,8 @@ def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, device, ou
          restart, allow_small, compile_model, cuda_graphs, download, workers, devices, only, tracking_uri,
          experiment):
     """Run (or continue) experiment grid NAME: a parent run with one child run per configuration."""
-    from training.grids import run_grid
-    from training.parallel import WorkerDiedError
+    from training.grids.expand import run_grid
+    from training.grids.parallel import WorkerDiedError
 
     device = resolve_device(device)
     workers = worker_count(workers, devices, device)
@@ -120,7 +120,7 @@ def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, device, ou
 def config(name, config_name, overrides, tracking_uri, experiment):
     """Train configuration CONFIG_NAME (e.g. exp1_1_L2_K32) of grid NAME: the MLproject `config` entry
     point that `submit` runs once per configuration (under `mlflow run`, the project run is its run)."""
-    from training.submit import decode_overrides, train_configuration
+    from training.grids.submit import decode_overrides, train_configuration
 
     uri = start(tracking_uri, experiment)
     try:
@@ -150,7 +150,7 @@ def submit(name, backend, backend_config, project_uri, only, epochs, batches, bs
            experiment):
     """Submit grid NAME as one MLflow project run per configuration (children of one parent run) on
     the chosen backend: local, or kubernetes (docker_env project, one Job each; deploy/kubernetes)."""
-    from training.submit import submit_grid
+    from training.grids.submit import submit_grid
 
     overrides = one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir,
                                      None if device in (None, "", "auto") else device, out_dir, checkpoint_dir,
@@ -211,7 +211,7 @@ def run_exp_parser() -> argparse.ArgumentParser:
 def run_exp(ctx):
     """One configuration, with the programme's options (-n -K -L -P -H -M ...; --help for all)."""
     args = run_exp_parser().parse_args(ctx.args)
-    from training.cnn_experiment import cnn_experiment
+    from training.cnn.experiment import cnn_experiment
 
     device = resolve_device(args.device) if args.device else None
     uri = start(args.tracking_uri, args.experiment)

@@ -75,7 +75,7 @@ def start(tracking_uri: Optional[str], experiment: Optional[str]) -> str:
     """Configure the store (fails fast when a server is unreachable) and CPU threads."""
     import torch
 
-    from training import tracking
+    from training.tracking import runs as tracking
 
     if experiment:
         os.environ["ARCHLAB_EXPERIMENT"] = experiment

@@ -18,7 +18,7 @@ CONFIG_HELP = "Part 1 config: a name in configs/ or a YAML path."
 def load_part1_config(config: str):
     """The Part 1 config, fully checked (a bad value is a usage error before any training)."""
     from training.config import load_config
-    from training.part1 import check_part1_config
+    from training.part1.runs import check_part1_config
 
     try:
         cfg = load_config(config)
@@ -60,7 +60,7 @@ def part1_command(name: str, epochs_help: str):
 @part1_command("main", "Override the grid's epochs per cell.")
 def main(cfg, epochs, device):
     """The whole Part 1: first classifier, then the depth x width grid."""
-    from training.part1 import run_part1
+    from training.part1.runs import run_part1
 
     t0 = time.perf_counter()
     run_part1(cfg, device=device, epochs=epochs)
@@ -70,7 +70,7 @@ def main(cfg, epochs, device):
 @part1_command("first-classifier", "Override the epochs (20).")
 def first_classifier(cfg, epochs, device):
     """Only the first binary classifier (training demo, ROC threshold)."""
-    from training.part1 import run_first_classifier
+    from training.part1.runs import run_first_classifier
 
     run_first_classifier(cfg, device=device, epochs=epochs)
 
@@ -78,7 +78,7 @@ def first_classifier(cfg, epochs, device):
 @part1_command("mlp-grid", "Override the epochs per cell (10).")
 def mlp_grid(cfg, epochs, device):
     """Only the depth x width grid (one parent run, a child per cell)."""
-    from training.part1 import run_mlp_grid
+    from training.part1.runs import run_mlp_grid
 
     run_mlp_grid(cfg, device=device, epochs=epochs)
 

@@ -22,7 +22,7 @@ ALL_GRIDS = "test_run,exp1_1,exp1_2,exp1_3,exp1_4,exp2"
 
 
 def _grid_list(ctx, param, value: str):
-    from training.grids import GRIDS
+    from training.grids.expand import GRIDS
 
     names = [g.strip() for g in value.split(",") if g.strip()]
     unknown = [g for g in names if g not in GRIDS]
@@ -46,7 +46,7 @@ def _grid_list(ctx, param, value: str):
 @click.option("--download/--no-download", default=False)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, default=None, callback=zero_is_none,
-              help="Worker processes per CIFAR grid (training.parallel; default: 4 per GPU of >= 32 GiB, else 1 "
+              help="Worker processes per CIFAR grid (training.grids.parallel; default: 4 per GPU of >= 32 GiB, else 1 "
                    "per device). They share a GPU, whose launch-bound exp1 nets leave it mostly idle: 4 workers "
                    "trained the 34 CIFAR configurations in 262 s on one H200.")
 @click.option("--devices", default=None, callback=device_list,
@@ -59,9 +59,9 @@ def cli(grids, allow_cpu, part1_config, epochs, bs_train, n_train, n_valid, allo
         workers, devices, cuda_graphs, out, tracking_uri, experiment):
     """Part 1, the CIFAR-10 grids and the answers report, in one go."""
     from analysis.report import build_report, summary
-    from training import tracking
-    from training.grids import check_grid, expand_grid, load_grid_config, run_grid
-    from training.part1 import run_part1
+    from training.tracking import runs as tracking
+    from training.grids.expand import check_grid, expand_grid, load_grid_config, run_grid
+    from training.part1.runs import run_part1
 
     device = resolve_device(device)
     workers = worker_count(workers, devices, device)

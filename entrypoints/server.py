@@ -20,7 +20,7 @@ from typing import Optional
 
 import click
 
-from training.server import is_local_store, start_server
+from training.tracking.server import is_local_store, start_server
 
 
 def _absolute_store(uri: str) -> str:

@@ -507,7 +507,7 @@ class PatchWhitening(nn.Module):
     RGB. Decorrelated inputs make the first learnt layers far better conditioned, which is most
     of what a 10-epoch budget needs. `init_from_data(images)` sets the filters (the experiment
     calls it with the first training images); until then they are a frozen random init. Only
-    the bias learns (it is in the optimiser's bias group, see training.optim.param_groups).
+    the bias learns (it is in the optimiser's bias group, see training.engine.optim.param_groups).
     Output maps are one pixel smaller (no padding): 32x32 -> 31x31.
     """
 
@@ -535,7 +535,7 @@ class PatchWhitening(nn.Module):
 
     @property
     def bias(self) -> nn.Parameter:
-        """The one learnt parameter (what training.optim.param_groups puts in the bias group)."""
+        """The one learnt parameter (what training.engine.optim.param_groups puts in the bias group)."""
         return self.conv.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

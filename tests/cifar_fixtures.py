@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.cifar import BATCHES_FOLDER, CIFAR10_CLASSES, META_FILE, NUM_CLASSES, TEST_FILE, TRAIN_FILES
+from training.data.cifar import BATCHES_FOLDER, CIFAR10_CLASSES, META_FILE, NUM_CLASSES, TEST_FILE, TRAIN_FILES
 
 # Pixel units. Tuned so a tiny conv net climbs from ~60% to ~95-100% test accuracy over 3-5 epochs on
 # the default sizes (a linear model reaches ~80%): learnable, but not solved after one batch.

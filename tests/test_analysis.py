@@ -23,7 +23,7 @@ from cifar_fixtures import write_fake_cifar10
 from conftest import PROJECT_ROOT
 from analysis import query
 from analysis.report import build_report, cli, summary
-from training import tracking
+from training.tracking import runs as tracking
 from training.config import load_config
 
 MLP_CELLS = [(1, 32), (4, 8)]  # the first equal-"size" pair of Q4; the second pair stays missing
@@ -43,8 +43,8 @@ def _use_store(mp: pytest.MonkeyPatch, folder: Path) -> str:
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    from training.grids import run_grid
-    from training.part1 import run_first_classifier, run_mlp_grid
+    from training.grids.expand import run_grid
+    from training.part1.runs import run_first_classifier, run_mlp_grid
 
     import torch
 
@@ -274,12 +274,12 @@ def test_mlproject_report_entry_point_parses():
 
 # ================================================================================ every CIFAR answer
 def _log_cifar_grid(grid: str, acc_of, only: tuple, fail: tuple = ()) -> None:
-    """Part of a grid logged by hand with training.tracking's conventions (parent + tagged children,
+    """Part of a grid logged by hand with training.tracking.runs's conventions (parent + tagged children,
     params, per-epoch metrics at step=epoch, final metrics): the answers for experiments 1.2-2 need
     these grids, which are far too slow to train in a CPU test. only: the labels to log (L2_K32 ...);
     fail: labels that diverge."""
     from training.experiments import experiment_name_of
-    from training.grids import expand_grid, load_grid_config
+    from training.grids.expand import expand_grid, load_grid_config
 
     with tracking.open_run(grid, tags={tracking.GRID_TAG: grid, tracking.ROLE_TAG: "parent"}):
         for kw in expand_grid(load_grid_config(grid)):

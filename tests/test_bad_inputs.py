@@ -21,7 +21,7 @@ import torch
 from click.testing import CliRunner
 
 from cifar_fixtures import write_fake_cifar10
-from training.cifar import BATCHES_FOLDER, TEST_FILE, TRAIN_FILES
+from training.data.cifar import BATCHES_FOLDER, TEST_FILE, TRAIN_FILES
 
 # ------------------------------------------------------------------------------------------ the table
 SMALL = ["--allow-small", "true", "--epochs", "1"]  # a grid run that would otherwise be legal on fake data
@@ -293,16 +293,16 @@ def _invoke(case: Case, inputs: dict) -> Tuple[str, Union[int, type]]:
         return result.output, result.exit_code
     with pytest.raises(Exception) as info:
         if case.how == "cnn":
-            from training.cnn_experiment import cnn_experiment
+            from training.cnn.experiment import cnn_experiment
             cnn_experiment(**args)
         elif case.how == "grid":
-            from training.grids import run_grid
+            from training.grids.expand import run_grid
             run_grid(*args)
         elif case.how == "ckpt":
             from training.trainer import load_checkpoint
             load_checkpoint(args)
         elif case.how == "data":
-            from training.cifar import load_cifar10
+            from training.data.cifar import load_cifar10
             load_cifar10(args)
         else:
             raise AssertionError(case.how)

@@ -10,7 +10,7 @@ from bench import gpu_programme, gpu_sharing
 from bench.gpu_sweep import check_variants, variant_kwargs
 from cifar_fixtures import write_fake_cifar10
 from conftest import PROJECT_ROOT
-from training.grids import expand_grid, load_grid_config
+from training.grids.expand import expand_grid, load_grid_config
 
 
 def test_gpu_sharing_times_concurrent_workers_and_reports_their_speedup(tmp_path):

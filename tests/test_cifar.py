@@ -1,4 +1,4 @@
-"""training/cifar.py on real pickle files written to tmp dirs (see cifar_fixtures.py)."""
+"""training/data/cifar.py on real pickle files written to tmp dirs (see cifar_fixtures.py)."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifar_fixtures import fake_cifar10, write_fake_cifar10  # noqa: F401  (fake_cifar10 is a fixture)
-from training.cifar import (BATCHES_FOLDER, CIFAR10_MEAN, CIFAR10_STD, MIN_TRAIN_IMAGES, MIN_VALID_IMAGES,
+from training.data.cifar import (BATCHES_FOLDER, CIFAR10_MEAN, CIFAR10_STD, MIN_TRAIN_IMAGES, MIN_VALID_IMAGES,
                             CifarDownloadError, CifarFormatError, DeviceLoader, check_programme_minimum,
                             cifar10_loaders, load_cifar10, make_splits, resolve_data_dir, split_indices,
                             translate_flip)

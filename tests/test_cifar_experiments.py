@@ -20,10 +20,10 @@ from mlflow.tracking import MlflowClient
 from cifar_fixtures import fake_cifar10, write_fake_cifar10  # noqa: F401
 from conftest import PROJECT_ROOT, subprocess_env
 from entrypoints.cifar import cli
-from training import tracking
-from training.cnn_experiment import cnn_experiment
+from training.tracking import runs as tracking
+from training.cnn.experiment import cnn_experiment
 from training.experiments import experiment_name_of
-from training.grids import GRIDS, expand_grid, load_grid_config, run_grid
+from training.grids.expand import GRIDS, expand_grid, load_grid_config, run_grid
 from training.results_io import load_experiment
 
 PROGRAMME_CONFIG_KEYS = {"run_name", "out_dir", "seed", "device", "bs_train", "bs_test", "batches", "epochs",
@@ -156,7 +156,7 @@ KILL_SCRIPT = """
 import sys, mlflow
 sys.path.insert(0, {root!r})
 mlflow.set_tracking_uri({uri!r})
-from training.grids import run_grid
+from training.grids.expand import run_grid
 run_grid({config!r}, {overrides!r})
 """
 
@@ -269,7 +269,7 @@ def test_diverging_configuration_fails_tagged_and_the_grid_goes_on(mlflow_store,
 
 
 def test_a_rerun_continues_only_a_dead_grids_parent_of_the_same_config(mlflow_store):
-    from training.grids import grid_parent_run
+    from training.grids.expand import grid_parent_run
 
     cfg = load_grid_config("test_run")
     runs = expand_grid(cfg)
@@ -345,7 +345,7 @@ def test_test_each_epoch_measures_without_changing_training(mlflow_store, fake_c
 def test_parallel_grids_hand_out_the_longest_configurations_first():
     """Longest-first keeps 4 workers busy to the end (a rough cost, layers x widest K): on the H200,
     exp1_4_L8_K64-128-256 trained longest (98 s), exp1_2_L8_K256 (65 s) and exp1_2_L2_K32 (8 s)."""
-    from training.grids import heaviest_first
+    from training.grids.expand import heaviest_first
 
     order = [experiment_name_of(r) for r in heaviest_first(expand_grid(load_grid_config("exp1_4")))]
     assert order[0] == "exp1_4_L8_K64-128-256"

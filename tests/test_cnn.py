@@ -490,7 +490,7 @@ def test_only_yourcnn_accepts_empty_hidden_dims():
 
 def exp2_model_kwargs(width_mult: float = 0.5) -> dict:
     """exp2's configured YourCNN options (configs/exp2.yaml), narrower so the CPU tests stay quick."""
-    from training.grids import load_grid_config
+    from training.grids.expand import load_grid_config
 
     return {**load_grid_config("exp2")["options"]["model_kwargs"], "width_mult": width_mult}
 

@@ -1,4 +1,4 @@
-"""CUDA-graphed training steps (training.cuda_graph): the choice and its refusals on any machine,
+"""CUDA-graphed training steps (training.engine.cuda_graph): the choice and its refusals on any machine,
 the graph itself on CUDA only (the GPU session runs this file with `--noconftest`: no MLflow there).
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from cifar_fixtures import write_fake_cifar10
-from training.cnn_experiment import Settings, cnn_experiment, use_cuda_graph
-from training.cuda_graph import GraphedTrainStep, make_capturable, uncapturable_state_dict
+from training.cnn.experiment import Settings, cnn_experiment, use_cuda_graph
+from training.engine.cuda_graph import GraphedTrainStep, make_capturable, uncapturable_state_dict
 from training.trainer import ClassifierTrainer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from models.cnn import PatchWhitening, YourCNN, tta_off
-from training.grids import expand_grid, load_grid_config, select_runs
-from training.lookahead import Lookahead
-from training.optim import make_optimizer, make_scheduler, param_groups
+from training.grids.expand import expand_grid, load_grid_config, select_runs
+from training.engine.lookahead import Lookahead
+from training.engine.optim import make_optimizer, make_scheduler, param_groups
 
 IN = (3, 32, 32)
 
@@ -130,8 +130,8 @@ def test_config_hash_of_logged_runs_stays_put_when_options_are_added():
     hashes of exp2's configured runs logged before norm_weight_decay existed."""
     import inspect
 
-    from training.cnn_experiment import Settings, cnn_experiment, configuration_hash
-    from training.grids import expand_grid, load_grid_config
+    from training.cnn.experiment import Settings, cnn_experiment, configuration_hash
+    from training.grids.expand import expand_grid, load_grid_config
 
     def hash_of(kwargs, **extra):
         bound = inspect.signature(cnn_experiment).bind(**kwargs)

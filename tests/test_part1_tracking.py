@@ -12,9 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from conftest import PROJECT_ROOT, subprocess_env
 from entrypoints.part1 import cli
-from training import tracking
+from training.tracking import runs as tracking
 from training.config import load_config
-from training.part1 import run_mlp_grid
+from training.part1.runs import run_mlp_grid
 
 
 def small_config(tmp_path, **grid_overrides):

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from cifar_fixtures import fake_cifar10  # noqa: F401
 from entrypoints.reproduce import cli
 from test_part1_tracking import small_config
-from training import tracking
+from training.tracking import runs as tracking
 
 
 def test_refuses_cifar_grids_without_gpu_unless_allowed(mlflow_store):

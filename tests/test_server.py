@@ -24,10 +24,10 @@ from mlflow.tracking import MlflowClient
 from cifar_fixtures import fake_cifar10  # noqa: F401
 from conftest import subprocess_env
 from entrypoints.cifar import cli
-from training import tracking
-from training.grids import run_grid
-from training.parallel import plan_devices
-from training.server import free_port, is_local_store, server_command, start_server
+from training.tracking import runs as tracking
+from training.grids.expand import run_grid
+from training.grids.parallel import plan_devices
+from training.tracking.server import free_port, is_local_store, server_command, start_server
 
 EPOCHS = 2
 METRIC_KEYS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "epoch_time_s")

@@ -17,16 +17,16 @@ from mlflow.tracking import MlflowClient
 from cifar_fixtures import fake_cifar10, write_fake_cifar10  # noqa: F401
 from conftest import PROJECT_ROOT, subprocess_env
 from test_server import METRIC_KEYS
-from training import tracking
-from training.grids import check_grid, expand_grid, grid_parent_run, load_grid_config
-from training.parallel import run_grid_parallel, train_configuration
-from training.server import free_port, start_server
+from training.tracking import runs as tracking
+from training.grids.expand import check_grid, expand_grid, grid_parent_run, load_grid_config
+from training.grids.parallel import run_grid_parallel, train_configuration
+from training.tracking.server import free_port, start_server
 
 TRAIN_SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})
-from training import tracking
-from training.grids import run_grid
+from training.tracking import runs as tracking
+from training.grids.expand import run_grid
 tracking.configure_tracking()  # $MLFLOW_TRACKING_URI: the test's server
 run_grid({config!r}, {overrides!r})
 """

@@ -1,4 +1,4 @@
-"""Grid scale-out on MLflow Projects' backends (training.submit): the local backend end to end (a
+"""Grid scale-out on MLflow Projects' backends (training.grids.submit): the local backend end to end (a
 real `mlflow.projects.run` per configuration, env_manager=local), and the Kubernetes backend config
 validated before any run exists (submitting to a cluster needs one: deploy/kubernetes/README.md)."""
 from __future__ import annotations
@@ -17,8 +17,8 @@ from mlflow.projects._project_spec import load_project
 
 from cifar_fixtures import fake_cifar10  # noqa: F401
 from conftest import PROJECT_ROOT
-from training import tracking
-from training.submit import KUBERNETES_PROJECT, submit_grid, validate_kubernetes_config
+from training.tracking import runs as tracking
+from training.grids.submit import KUBERNETES_PROJECT, submit_grid, validate_kubernetes_config
 
 SHIPPED_CONFIG = KUBERNETES_PROJECT / "backend-config.json"
 SHIPPED_TEMPLATE = KUBERNETES_PROJECT / "job-template.yaml"

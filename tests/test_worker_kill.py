@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from cifar_fixtures import write_fake_cifar10
 from conftest import PROJECT_ROOT, subprocess_env
-from training import tracking
+from training.tracking import runs as tracking
 
 pytestmark = pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc")
 
@@ -27,7 +27,7 @@ GRID_SCRIPT = """
 import sys, mlflow
 sys.path.insert(0, {root!r})
 mlflow.set_tracking_uri({uri!r})
-from training.grids import run_grid
+from training.grids.expand import run_grid
 run_grid({config!r}, {overrides!r}, workers={workers})
 """
 CONFIGS = ["exp1_1_L1_K32", "exp1_1_L2_K32"]

@@ -48,7 +48,7 @@ def part1_arch_hp() -> Dict[str, Any]:
 
 
 def part1_optim_hp() -> Dict[str, Any]:
-    from training.optim import make_loss
+    from training.engine.optim import make_loss
 
     fc = load_config("part1")["first_classifier"]
     opt = fc["optimizer"]
@@ -57,7 +57,7 @@ def part1_optim_hp() -> Dict[str, Any]:
 
 
 def part2_optim_hp() -> Dict[str, Any]:
-    from training.optim import make_loss
+    from training.engine.optim import make_loss
 
     opt = load_config("overfit")["optimizer"]
     return dict(lr=opt["lr"], weight_decay=opt.get("weight_decay", 0.0), momentum=opt.get("momentum", 0.0),

@@ -8,7 +8,7 @@ import torch
 
 from models.classifier import BinaryClassifier, select_roc_thresh
 from models.mlp import MLP, make_activation
-from training.optim import make_loss, make_optimizer, make_scheduler
+from training.engine.optim import make_loss, make_optimizer, make_scheduler
 from training.results import FitResult
 from training.trainer import ClassifierTrainer
 
@@ -89,7 +89,7 @@ def mlp_experiment(depth: int, width: int, dl_train, dl_valid, dl_test, n_epochs
 
 # Part 3: the CIFAR-10 experiment and its results files live in their own modules; re-exported
 # here so the programme's names are found in one place.
-from training.cnn_experiment import cnn_experiment  # noqa: E402,F401
+from training.cnn.experiment import cnn_experiment  # noqa: E402,F401
 from training.results_io import load_experiment, save_experiment  # noqa: E402,F401
 
 

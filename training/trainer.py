@@ -3,7 +3,7 @@
 Three levels: `fit` (epochs, early stopping, checkpoints, resume), `train_epoch`/`test_epoch`
 (one pass over a loader) and `train_batch`/`test_batch` (model specific, in subclasses).
 Tracking is not the trainer's job: `fit` calls `on_epoch_end(metrics)` once per epoch and the
-MLflow logger (training/tracking.py) plugs in there.
+MLflow logger (training/tracking/runs.py) plugs in there.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class Trainer(ABC):
         early_stopping: stop after this many epochs without test-accuracy improvement.
         resume: continue from `<checkpoints>.state` when it exists. The saved epochs' metrics are
             replayed through `on_epoch_end` first, so a logger that skips steps it already has
-            (training.tracking.EpochLogger) ends with every epoch exactly once.
+            (training.tracking.runs.EpochLogger) ends with every epoch exactly once.
         on_epoch_end: called with a metrics dict after each epoch (after the state is saved).
         kw: passed to train_epoch/test_epoch (e.g. max_batches, verbose).
         """
@@ -213,8 +213,8 @@ class ClassifierTrainer(Trainer):
         """scheduler_interval: step the scheduler per "epoch" or per "batch".
         amp_dtype: autocast dtype on CUDA (e.g. torch.bfloat16); ignored on CPU, where it is slow.
         augment: a batch transform applied to training inputs only, on the device.
-        lookahead: a training.lookahead.Lookahead over this model, stepped after each update.
-        cuda_graph: replay each training step as one CUDA graph (training.cuda_graph): for
+        lookahead: a training.engine.lookahead.Lookahead over this model, stepped after each update.
+        cuda_graph: replay each training step as one CUDA graph (training.engine.cuda_graph): for
             launch-bound models on a GPU; needs CUDA and a constant lr (no scheduler)."""
         super().__init__(model, device)
         if scheduler_interval not in ("epoch", "batch"):
@@ -229,7 +229,7 @@ class ClassifierTrainer(Trainer):
         self.lookahead = lookahead
         self.graphed_step = None
         if cuda_graph:
-            from training.cuda_graph import GraphedTrainStep
+            from training.engine.cuda_graph import GraphedTrainStep
 
             device_type = self.device.type if self.device is not None else next(model.parameters()).device.type
             if device_type != "cuda":
@@ -300,7 +300,7 @@ class ClassifierTrainer(Trainer):
 
     def state_dict(self) -> Dict[str, Any]:
         if self.graphed_step is not None:
-            from training.cuda_graph import uncapturable_state_dict
+            from training.engine.cuda_graph import uncapturable_state_dict
 
             optimizer_state = uncapturable_state_dict(self.optimizer)
         else:

@@ -19,7 +19,7 @@ from training.config import COMPILE_MODES, config_hash
 from training.results import FitResult
 from training.results_io import experiment_name, save_experiment
 from models.cnn import tta_modes, tta_of, tta_off
-from training.lookahead import Lookahead
+from training.engine.lookahead import Lookahead
 from training.trainer import BatchLimit, ClassifierTrainer, load_checkpoint
 
 
@@ -53,7 +53,7 @@ class Settings:
     warmup_frac: float = 0.2
     lr_start_frac: float = 0.0         # linear_warmup_decay starts at this x lr ...
     lr_end_frac: float = 0.0           # ... and ends at this x lr
-    lookahead_every: int = 0           # > 0: lookahead-EMA every this many steps (training.lookahead)
+    lookahead_every: int = 0           # > 0: lookahead-EMA every this many steps (training.engine.lookahead)
     lookahead_decay: float = 0.95
     label_smoothing: float = 0.0
     grad_clip: Optional[float] = None
@@ -65,7 +65,7 @@ class Settings:
     channels_last: str = "auto"        # auto: on CUDA and CPU (conv nets gain 15-30 %) | on | off
     compile: Union[bool, str] = False  # torch.compile: True (default mode), "reduce-overhead" (CUDA graphs:
                                        # small, launch-bound models) or "max-autotune"; checkpoints keep their keys
-    cuda_graphs: str = "auto"          # replay each training step as one CUDA graph (training.cuda_graph). auto: on
+    cuda_graphs: str = "auto"          # replay each training step as one CUDA graph (training.engine.cuda_graph). auto: on
                                        # CUDA with a constant lr and no compile (exp1's launch-bound nets) | on | off
     test_each_epoch: bool = False      # also test after every epoch, as the final test does (TTA too): for
                                        # time-to-accuracy benchmarks only; nothing is chosen on it
@@ -94,7 +94,7 @@ class Settings:
         return s
 
     def check(self) -> None:
-        from training.optim import check_optimizer_spec, make_loss, SCHEDULES
+        from training.engine.optim import check_optimizer_spec, make_loss, SCHEDULES
 
         if self.n_train is not None and self.n_train < 1:
             raise ValueError(f"n_train must be >= 1 or None (all), got {self.n_train}")
@@ -165,7 +165,7 @@ def check_cnn_config(cfg: Dict[str, Any]) -> None:
 def check_images_per_epoch(cfg: Dict[str, Any], settings: Settings, n_available: int = 50000) -> None:
     """The programme's floor (>= 30000 training images seen per epoch, >= 5000 validation images),
     checked before any data is read; allow_small lifts it for tests and smoke runs."""
-    from training.cifar import MIN_TRAIN_IMAGES, MIN_VALID_IMAGES
+    from training.data.cifar import MIN_TRAIN_IMAGES, MIN_VALID_IMAGES
 
     if settings.allow_small:
         return
@@ -229,7 +229,7 @@ def _prior_runs(chash: str):
     """Earlier runs of this exact configuration in the experiment this run will land in."""
     import mlflow
 
-    from training import tracking
+    from training.tracking import runs as tracking
 
     exp_id = tracking.current_experiment_id()
     return mlflow.search_runs(experiment_ids=[exp_id], filter_string=f"tags.`{tracking.HASH_TAG}` = '{chash}'",
@@ -264,7 +264,7 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda_graph = use_cuda_graph(settings, dev)
     if settings.dry_run:  # the whole check, cheaply: layers on the meta device, data only located
-        from training.cifar import require_cifar10
+        from training.data.cifar import require_cifar10
 
         with torch.device("meta"):
             build_model(cfg, settings)
@@ -282,7 +282,7 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
             if os.path.exists(path):
                 os.remove(path)
     elif settings.tracking:
-        from training import tracking
+        from training.tracking import runs as tracking
 
         prior = _prior_runs(chash)
         done = prior[(prior["status"] == "FINISHED") | (prior.get(f"tags.{tracking.DIVERGED_TAG}") == "true")] \
@@ -297,8 +297,8 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
     print(f"*** Starting cnn_experiment {name} with config: {cfg}")
     if dev.type == "cuda":  # fixed shapes: let cuDNN time its algorithms once per shape (what bench/gpu_check measured)
         torch.backends.cudnn.benchmark = True
-    from training.cifar import cifar10_loaders
-    from training.optim import make_loss, make_optimizer, make_scheduler
+    from training.data.cifar import cifar10_loaders
+    from training.engine.optim import make_loss, make_optimizer, make_scheduler
 
     channels_last = settings.channels_last != "off"
     dl_train, dl_valid, dl_test = cifar10_loaders(
@@ -364,7 +364,7 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
 
     import mlflow
 
-    from training import tracking
+    from training.tracking import runs as tracking
 
     tags = {tracking.ROLE_TAG: "child", tracking.HASH_TAG: chash, "archlab.device": str(dev),
             **({tracking.GRID_TAG: settings.grid} if settings.grid else {})}

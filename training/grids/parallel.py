@@ -70,7 +70,7 @@ def shared_tracking_store(workers: int) -> Iterator[str]:
     """The tracking URI that `workers` processes can all write to (see the module notes)."""
     import mlflow
 
-    from training.server import is_local_store, start_server
+    from training.tracking.server import is_local_store, start_server
 
     uri = mlflow.get_tracking_uri()
     if workers < 2 or not is_local_store(uri):
@@ -140,7 +140,7 @@ def train_configuration(grid: str, parent_run_id: str, experiment_id: str, kwarg
     def body() -> None:
         import mlflow
 
-        from training.cnn_experiment import cnn_experiment
+        from training.cnn.experiment import cnn_experiment
         from training.trainer import NonFiniteLossError
 
         try:
@@ -188,7 +188,7 @@ def run_grid_parallel(name: str, cfg: Mapping[str, Any], runs: List[Dict[str, An
     import multiprocessing
 
     from training.experiments import experiment_name_of
-    from training.grids import grid_parent_run, heaviest_first, print_summary
+    from training.grids.expand import grid_parent_run, heaviest_first, print_summary
 
     runs = heaviest_first(runs)  # the workers then finish close together
     labels = [experiment_name_of(kw) for kw in runs]

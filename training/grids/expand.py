@@ -88,8 +88,8 @@ def check_grid(runs: List[Dict[str, Any]]) -> None:
     first one trains or any worker starts: cnn_experiment's own checks, in dry-run mode."""
     import torch
 
-    from training.cifar import load_cifar10, split_indices
-    from training.cnn_experiment import cnn_experiment
+    from training.data.cifar import load_cifar10, split_indices
+    from training.cnn.experiment import cnn_experiment
 
     rng = torch.get_rng_state()
     try:
@@ -118,7 +118,7 @@ def grid_parent_run(name: str, cfg: Mapping[str, Any], runs: List[Dict[str, Any]
     """
     import mlflow
 
-    from training import tracking
+    from training.tracking import runs as tracking
 
     params = {"grid": cfg["grid"], "model_type": cfg["model_type"], "run_name": cfg["run_name"]}
     earlier = _continuable_parent(name, params)
@@ -141,7 +141,7 @@ def _continuable_parent(name: str, params: Mapping[str, Any]) -> Optional[Mappin
     archlab's to choose (inside an active run, or launched by `mlflow run`)."""
     import mlflow
 
-    from training import tracking
+    from training.tracking import runs as tracking
 
     if mlflow.active_run() is not None or os.environ.get("MLFLOW_RUN_ID"):
         return None
@@ -180,9 +180,9 @@ def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, workers: 
     """Run (or continue) grid `name` as one parent run with a child per configuration.
 
     workers > 1 (or a devices list): the configurations train in parallel worker processes
-    (training.parallel); otherwise one after the other in this process.
+    (training.grids.parallel); otherwise one after the other in this process.
     only: train just these configurations (child run names); the rest stay as they are."""
-    from training.cnn_experiment import cnn_experiment
+    from training.cnn.experiment import cnn_experiment
     from training.experiments import experiment_name_of
     from training.trainer import NonFiniteLossError
 
@@ -190,7 +190,7 @@ def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, workers: 
     runs = select_runs(expand_grid(cfg, overrides), only)
     check_grid(runs)
     if workers > 1 or devices:
-        from training.parallel import run_grid_parallel
+        from training.grids.parallel import run_grid_parallel
 
         return run_grid_parallel(name, cfg, runs, workers=workers, devices=devices)
     outcome = {"written": [], "skipped": [], "diverged": []}

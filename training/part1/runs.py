@@ -20,12 +20,12 @@ import mlflow  # noqa: E402
 import torch  # noqa: E402
 
 from models.classifier import plot_decision_boundary_2d, plot_roc, positive_scores, roc_optimal_point  # noqa: E402
-from training import tracking  # noqa: E402
-from training.evaluation import binary_report, plot_confusion  # noqa: E402
+from training.tracking import runs as tracking  # noqa: E402
+from training.part1.evaluation import binary_report, plot_confusion  # noqa: E402
 from training.experiments import BinaryOutcome, build_binary_mlp, train_binary_mlp  # noqa: E402
 from training.figures import plot_fit  # noqa: E402
-from training.optim import check_optimizer_spec, make_loss  # noqa: E402
-from training.synthetic import make_loaders, make_synthetic_splits  # noqa: E402
+from training.engine.optim import check_optimizer_spec, make_loss  # noqa: E402
+from training.data.synthetic import make_loaders, make_synthetic_splits  # noqa: E402
 
 GRID_NAME = "mlp_grid"
 SPLITS = ("train", "valid", "test")

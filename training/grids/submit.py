@@ -21,7 +21,8 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from training.config import PROJECT_ROOT
+
 KUBERNETES_PROJECT = PROJECT_ROOT / "deploy" / "kubernetes"
 BACKENDS = ("local", "kubernetes")
 ENTRY_POINT = "config"
@@ -162,7 +163,7 @@ def _is_number(raw: str) -> bool:
 def _check_configurations(runs: List[Dict[str, Any]], data_here: bool) -> None:
     """check_grid's dry run; on a cluster the data lives in the pods' volume, so only its presence
     (the dry run's last check) is not required here."""
-    from training.grids import check_grid
+    from training.grids.expand import check_grid
 
     if data_here:
         check_grid(runs)
@@ -198,9 +199,9 @@ def submit_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, backen
     import mlflow
     from mlflow.exceptions import ExecutionException
 
-    from training import tracking
+    from training.tracking import runs as tracking
     from training.experiments import experiment_name_of
-    from training.grids import expand_grid, grid_parent_run, load_grid_config, print_summary, select_runs
+    from training.grids.expand import expand_grid, grid_parent_run, load_grid_config, print_summary, select_runs
 
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not supported; valid: {list(BACKENDS)}")
@@ -278,9 +279,9 @@ def train_configuration(grid: str, config_name: str, overrides: Optional[Mapping
     earlier run, the project run is tagged archlab.role=launcher, so it never counts as a second child."""
     import mlflow
 
-    from training import tracking
-    from training.cnn_experiment import cnn_experiment
-    from training.grids import check_grid, expand_grid, load_grid_config, select_runs
+    from training.tracking import runs as tracking
+    from training.cnn.experiment import cnn_experiment
+    from training.grids.expand import check_grid, expand_grid, load_grid_config, select_runs
 
     project_run_id = os.environ.get("MLFLOW_RUN_ID")  # mlflow.start_run consumes it
     cfg = load_grid_config(grid)

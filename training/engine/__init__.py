@@ -1,0 +1,1 @@
+"""Training-step machinery beside the Trainer: optimizers and schedules, lookahead, CUDA graphs."""

@@ -1,0 +1,1 @@
+"""Grids: expanding configs into configurations, parallel workers, submitting a grid."""

@@ -1,0 +1,1 @@
+"""MLflow plumbing: runs, params and metrics logging, the private tracking server."""
