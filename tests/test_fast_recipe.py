@@ -124,28 +124,43 @@ def test_norm_weight_decay_gives_the_learnt_bn_scales_their_own_decay():
     assert conv.weight.abs().sum() > 0
 
 
+def _config_hash_of(kwargs, **extra):
+    """The config hash cnn_experiment tags a run of these cnn_experiment kwargs with."""
+    import inspect
+
+    from training.cnn.experiment import Settings, cnn_experiment, configuration_hash
+
+    bound = inspect.signature(cnn_experiment).bind(**kwargs)
+    bound.apply_defaults()
+    args = dict(bound.arguments)
+    kw = {**args.pop("kw"), **extra}
+    args["bs_test"] = args["bs_test"] or max(args["bs_train"] // 4, 1)  # as cnn_experiment fills it in
+    return configuration_hash({**args, "kw": kw}, Settings.from_kw(kw))
+
+
 def test_config_hash_of_logged_runs_stays_put_when_options_are_added():
     """Runs are found again (skipped when finished, resumed when interrupted) by their config
     hash, so an option added later must leave it alone at its default. The pinned values are the
     hashes of exp2's configured runs logged before norm_weight_decay existed."""
-    import inspect
-
-    from training.cnn.experiment import Settings, cnn_experiment, configuration_hash
+    from training.cnn.experiment import Settings
     from training.grids.expand import expand_grid, load_grid_config
 
-    def hash_of(kwargs, **extra):
-        bound = inspect.signature(cnn_experiment).bind(**kwargs)
-        bound.apply_defaults()
-        args = dict(bound.arguments)
-        kw = {**args.pop("kw"), **extra}
-        args["bs_test"] = args["bs_test"] or max(args["bs_train"] // 4, 1)  # as cnn_experiment fills it in
-        return configuration_hash({**args, "kw": kw}, Settings.from_kw(kw))
-
     exp2 = {k["layers_per_block"]: k for k in expand_grid(load_grid_config("exp2"))}
-    assert hash_of(exp2[3]) == "e7e33e497811dd70" and hash_of(exp2[6]) == "f732c1b9b94aea91"
-    assert hash_of(exp2[3], norm_weight_decay=0.0) != hash_of(exp2[3])  # set, it is a different experiment
+    assert _config_hash_of(exp2[3]) == "e7e33e497811dd70" and _config_hash_of(exp2[6]) == "f732c1b9b94aea91"
+    assert _config_hash_of(exp2[3], norm_weight_decay=0.0) != _config_hash_of(exp2[3])  # set: another experiment
     assert "norm_weight_decay" not in Settings().identity()
     assert Settings(norm_weight_decay=0.0).identity()["norm_weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("grid, pinned", [
+    ("test_run", "0b05ada2c6afcc92"), ("exp1_1", "71bfe19c74f5333f"), ("exp1_2", "60dcbb09f2263d9e"),
+    ("exp1_3", "3e28d7e31bc7bc49"), ("exp1_4", "105ae362f61a006c"), ("exp2", "e7e33e497811dd70")])
+def test_config_hash_of_each_shipped_grid_stays_put(grid, pinned):
+    """The hash of each shipped grid's first configuration, pinned before the recipe refactor:
+    a rerun must keep finding the runs logged before it."""
+    from training.grids.expand import expand_grid, load_grid_config
+
+    assert _config_hash_of(expand_grid(load_grid_config(grid))[0]) == pinned
 
 
 def test_triangle_schedule_runs_from_start_to_peak_to_end_fraction():
