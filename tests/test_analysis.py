@@ -417,3 +417,119 @@ def test_exp2_answer_traces_the_best_configurations_recipe_history(mlflow_store,
     md = build_report(tmp_path / "r", log_artifacts=False).answers.read_text()
     assert (f"Recipe history of {name} in this store (finished runs, oldest first): 87.5% (first run); 91.2% after "
             f"`lr` 1.3 → 0.9, `model_kwargs.width_mult` 4 → 2.") in md
+
+
+# ------------------------------------------------------------------ Part 1 Q4 prose, pinned
+def _mlp_cells(cells, acc, thr, delta) -> pd.DataFrame:
+    """A finished mlp_grid frame as query.grid_runs gives it, with the columns part1_q4 reads."""
+    rows = [dict(status="FINISHED", label=f"d{d}_w{w}", depth=d, width=w, n_params=d * w * 10,
+                 roc_threshold=thr(d, w), train_acc_thr05=acc(d, w) + 2, valid_acc=acc(d, w) - 1,
+                 test_acc_thr05=acc(d, w) - delta(d, w), test_acc=acc(d, w), test_acc_thrroc=acc(d, w),
+                 valid_acc_thrroc=acc(d, w) + 0.5, valid_acc_thr05=acc(d, w), activation="tanh", epochs=20, seed=42,
+                 run_id=f"r{d}{w}") for d, w in cells]
+    return pd.DataFrame(rows)
+
+
+def _part1_q4_of(mlp: pd.DataFrame) -> str:
+    from analysis.answers_part1 import part1_q4
+    from analysis.data import ReportData
+
+    return part1_q4(ReportData("sqlite://", None, {"mlp_grid": mlp}, {}, pd.DataFrame(), []), Path("unused"))
+
+
+Q4_PARTIAL_GRID = (
+    '### Question 4\n'
+    '\n'
+    '3 of the 12 cells of the depth x width grid finished; not run: d1_w2, d2_w2, d4_w2, d1_w8, '
+    'd2_w8, d2_w32, d1_w128, d2_w128, d4_w128.\n'
+    '\n'
+    'Recipe shared by the cells: `activation=tanh`, `epochs=20`, `seed=42`; validation chooses each '
+    "cell's threshold, test judges it. Test accuracy here is at the ROC threshold, as in the "
+    "programme's mosaic.\n"
+    '\n'
+    '| model | depth | width | params | ROC thr | train acc (0.5) | valid acc (0.5) | test acc (0.5) '
+    '| test acc (ROC thr) |\n'
+    '|---|---|---|---|---|---|---|---|---|\n'
+    '| d4_w8 | 4 | 8 | 320 | 0.600 | 84.0% | 81.0% | 81.5% | 82.0% |\n'
+    '| d1_w32 | 1 | 32 | 320 | 0.600 | 90.0% | 87.0% | 87.5% | 88.0% |\n'
+    '| d4_w32 | 4 | 32 | 1,280 | 0.600 | 84.0% | 81.0% | 81.5% | 82.0% |\n'
+    '\n'
+    '\n'
+    '\n'
+    '**1. Columns (fixed depth, width varies).**\n'
+    '\n'
+    '- depth 1: test accuracy is known only at width=32 (88.0%): no other width has finished\n'
+    '- depth 4: test accuracy is flat along width (all within 0.0 points: width=8: 82.0%, width=32: '
+    '82.0%)\n'
+    '\n'
+    'Averaged over depths, the widest cells (width 32) score 85.0% and the narrowest (width 8) 82.0% '
+    '(+3.0 points). Width is what lets the boundary bend: each hidden unit contributes one smooth '
+    'tanh ridge, so a narrow layer (width 8) has only 8 ridges to combine and its boundary can bend '
+    "only a few times, cutting through the moons' tips, while wider layers draw the curved boundary "
+    'that wraps around them (mosaic). Beyond a moderate width the boundaries of neighbouring cells '
+    'look alike and the score saturates: the remaining errors come from the overlap of the noisy '
+    'classes and from the shift between the training populations and the test one, which no amount '
+    'of width removes.\n'
+    '\n'
+    '**2. Rows (fixed width, depth varies).**\n'
+    '\n'
+    '- width 8: test accuracy is known only at depth=4 (82.0%): no other depth has finished\n'
+    '- width 32: test accuracy falls with depth, from 88.0% at depth=1 to 82.0% at depth=4; depth=1: '
+    '88.0%, depth=4: 82.0%\n'
+    '\n'
+    'Averaged over widths, depth 4 scores 82.0% and depth 1 88.0% (-6.0 points). Depth adds little '
+    'here: composing layers gives more complex regions, but the moons need only a moderately curved '
+    'boundary, and deeper nets trained for the same few epochs are harder to optimise. At very small '
+    'width, depth cannot compensate: every layer squeezes the data through that many units, so the '
+    'information lost in the first narrow layer cannot be recovered by the next ones.\n'
+    '\n'
+    '**3. Pairs named as having equal parameter counts.**\n'
+    '\n'
+    "- depth=1, width=32 vs depth=4, width=8: counted on the project's MLP, they have 162 vs 258 "
+    'parameters (different), but the same number of hidden units (32). Measured test accuracy: 88.0% '
+    'vs 82.0%; depth=1, width=32 is better by 6.0 points. The wide shallow net is easier to optimise '
+    'in few epochs, and one wide tanh layer already approximates the needed boundary (universal '
+    'approximation), so depth brings no gain.\n'
+    "- depth=1, width=128 vs depth=4, width=32: counted on the project's MLP, they have 642 vs 3,330 "
+    'parameters (different), but the same number of hidden units (128). Not comparable from this '
+    'store: depth=1, width=128 has not been run.\n'
+    '\n'
+    'What the pairs share is the number of hidden neurons, not parameters: a d-layer net of width w '
+    'has about (d-1)w² weights between hidden layers, so splitting the same neurons over more layers '
+    'multiplies the parameters.\n'
+    '\n'
+    '**4. Threshold selection on validation.** The ROC thresholds range from 0.600 to 0.600 (all '
+    'above 0.5). On the test split the chosen threshold improved 3 of 3 cells, hurt 0 and left 0 '
+    'unchanged (within 0.05 points); the mean change is +0.5 points (from +0.5 points to +0.5 '
+    'points). On validation itself, where it was chosen, the mean change is +0.5 points. So it did '
+    'improve the test results on average. The threshold corrects the bias that the distribution '
+    'shift gives the scores on validation (the 50° population); the test population is rotated 40°, '
+    'between the training mix and validation but closer to validation, and noisier, so much of that '
+    'correction carries over, and balancing the errors raises accuracy. Choosing a threshold on '
+    'validation only helps the test score when validation resembles the test population; otherwise '
+    'it is a form of overfitting to validation.'
+)
+
+
+def test_part1_q4_prose_is_pinned_on_a_partial_grid():
+    """Three cells where depth hurts and the ROC threshold helps: the whole answer, word for word
+    (it is generated from a table of cases; a refactor must not change a sentence)."""
+    mlp = _mlp_cells([(1, 32), (4, 8), (4, 32)], acc=lambda d, w: 90 - 2 * d, thr=lambda d, w: 0.6,
+                     delta=lambda d, w: 0.5)
+    assert _part1_q4_of(mlp) == Q4_PARTIAL_GRID
+
+
+def test_part1_q4_prose_takes_the_other_branches_on_a_flat_full_grid():
+    """Every cell, width and depth change little, pairs within a point, and the threshold hurts."""
+    cells = [(d, w) for d in (1, 2, 4) for w in (2, 8, 32, 128)]
+    md = _part1_q4_of(_mlp_cells(cells, acc=lambda d, w: 85 + 0.01 * w, thr=lambda d, w: 0.3 + 0.1 * d,
+                                 delta=lambda d, w: -1.0 if w > 2 else 0.0))
+    assert "12 of the 12 cells of the depth x width grid finished." in md
+    assert "(+1.3 points). Width is what lets the boundary bend" in md
+    assert "(+0.0 points). Depth adds little here" in md
+    assert md.count("the two are within a point of each other") == 2
+    assert ("The ROC thresholds range from 0.400 to 0.700 (on both sides of 0.5). On the test split the chosen "
+            "threshold improved 0 of 12 cells, hurt 9 and left 3 unchanged (within 0.05 points); the mean change is "
+            "-0.8 points (from -1.0 points to +0.0 points). On validation itself, where it was chosen, the mean "
+            "change is +0.5 points. So on average it did **not** improve the test results.") in md
+    assert "so the correction fitted to validation does not transfer" in md
