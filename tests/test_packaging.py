@@ -31,9 +31,10 @@ def test_every_entry_point_command_parses_with_its_defaults():
     project = load_project(str(PROJECT_ROOT))
     names = set(project._entry_points)
     assert {"main", "first_classifier", "mlp_grid", "test_run", "exp1_1", "exp1_2", "exp1_3", "exp1_4",
-            "exp2"} <= names
+            "exp2", "grid", "config", "report", "reproduce"} <= names
     for name, entry in project._entry_points.items():
-        command = entry.compute_command({}, storage_dir=None)
+        required = {"grid_name": "test_run"} if name == "grid" else {}  # its one parameter without default
+        command = entry.compute_command(required, storage_dir=None)
         argv = command.split()
         assert argv[:2] == ["python", "-m"], command
         module = {"entrypoints.part1": part1.cli, "entrypoints.cifar": cifar.cli,
@@ -42,6 +43,30 @@ def test_every_entry_point_command_parses_with_its_defaults():
             continue  # analysis.report has its own tests
         result = CliRunner().invoke(module, argv[3:] + ["--help"])
         assert result.exit_code == 0, (name, command, result.output)
+
+
+def test_grid_entry_points_are_the_grid_command_with_the_name_preset():
+    """MLproject writes the CIFAR grid parameters and command once (YAML anchors and merge keys,
+    which MLflow's loader resolves); each grid's entry point presets grid_name to its own name,
+    one of the names the grid CLI accepts."""
+    from entrypoints import cifar
+
+    entries = load_project(str(PROJECT_ROOT))._entry_points
+    generic = entries["grid"]
+    assert "grid_name" in generic.parameters and generic.parameters["grid_name"].default is None
+    accepted = set(next(p for p in cifar.cli.commands["grid"].params if p.name == "name").type.choices)
+    grids = ("test_run", "exp1_1", "exp1_2", "exp1_3", "exp1_4", "exp2")
+    assert set(grids) == accepted
+    for name in grids:
+        entry = entries[name]
+        assert entry.command == generic.command
+        assert entry.parameters.keys() == generic.parameters.keys(), name
+        assert entry.parameters["grid_name"].default == name
+        for key, param in generic.parameters.items():
+            if key != "grid_name":
+                assert (entry.parameters[key].type, entry.parameters[key].default) == (param.type, param.default)
+        assert entry.compute_command({}, storage_dir=None).startswith(f"python -m entrypoints.cifar grid {name} ")
+    assert not any("compile" in entry.parameters for entry in entries.values())
 
 
 def test_ci_runs_the_readme_test_command():
