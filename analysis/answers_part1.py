@@ -1,10 +1,12 @@
 """Part 1 answers (Q1-Q4): the first classifier and the MLP depth x width grid."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
+import pandas as pd
 
 from analysis.answers_common import MLP_RECIPE_KEYS, acc_pairs, count_or_na, figs, n_params_mlp, recipe_line
 from analysis.data import ReportData
@@ -23,81 +25,93 @@ def part1_q1(data: ReportData, out_dir: Path) -> str:
         return "### Question 1\n\n" + missing_note("first_classifier", data.experiment)
     h = data.histories["first_classifier"]
     h = h[h["run_id"] == fc["run_id"]].sort_values("epoch")
-    n = len(h)
+    tr_acc, va_acc = h["train_acc"].iloc[-1], h["valid_acc_epoch"].iloc[-1]
+    errors = [_optimization_error(h, tr_acc), _generalization_error(h, tr_acc, va_acc),
+              _approximation_error(data, fc["train_acc_thr05"])]
+    return "\n\n".join(["### Question 1", _q1_setup(fc, h), bullet(errors),
+                        figs(data, "first_classifier", out_dir, "First classifier")])
+
+
+def _q1_setup(fc: pd.Series, h: pd.DataFrame) -> str:
+    """What the first classifier is and scores, and what "high" means for each error below."""
     n_params = n_params_mlp(fc["n_layers"], fc["hidden_dims"], fc["activation"])
     tr_acc, va_acc = h["train_acc"].iloc[-1], h["valid_acc_epoch"].iloc[-1]
-    setup = (f"The first classifier is an MLP with {fc['n_layers']} hidden layers of width {fc['hidden_dims']} "
-             f"({fc['activation']}; {count(n_params)} parameters), trained for {n} epochs with "
-             f"{fc.get('optimizer.name', 'its optimizer')} (lr {fc.get('optimizer.lr')}). After the last epoch it "
-             f"reaches {pct(tr_acc)} train accuracy (loss {num(h['train_loss'].iloc[-1], 3)}) and {pct(va_acc)} "
-             f"validation accuracy (loss {num(h['valid_loss'].iloc[-1], 3)}) at threshold 0.5; with the ROC threshold "
-             f"chosen on validation ({num(fc['roc_threshold'], 3)}) it scores {pct(fc['test_acc'])} on test. "
-             f"\"High\" below means: the train loss still fell by more than {STILL_LEARNING_REL_DROP:.0%} over the "
-             f"last quarter of the epochs (optimization), the train-valid accuracy gap exceeds {GAP_POINTS:.0f} "
-             f"points or the validation loss climbs back from its minimum (generalization), a larger model of the "
-             f"grid fits the training data more than {APPROX_POINTS:.0f} points better (approximation).")
+    return (f"The first classifier is an MLP with {fc['n_layers']} hidden layers of width {fc['hidden_dims']} "
+            f"({fc['activation']}; {count(n_params)} parameters), trained for {len(h)} epochs with "
+            f"{fc.get('optimizer.name', 'its optimizer')} (lr {fc.get('optimizer.lr')}). After the last epoch it "
+            f"reaches {pct(tr_acc)} train accuracy (loss {num(h['train_loss'].iloc[-1], 3)}) and {pct(va_acc)} "
+            f"validation accuracy (loss {num(h['valid_loss'].iloc[-1], 3)}) at threshold 0.5; with the ROC threshold "
+            f"chosen on validation ({num(fc['roc_threshold'], 3)}) it scores {pct(fc['test_acc'])} on test. "
+            f"\"High\" below means: the train loss still fell by more than {STILL_LEARNING_REL_DROP:.0%} over the "
+            f"last quarter of the epochs (optimization), the train-valid accuracy gap exceeds {GAP_POINTS:.0f} "
+            f"points or the validation loss climbs back from its minimum (generalization), a larger model of the "
+            f"grid fits the training data more than {APPROX_POINTS:.0f} points better (approximation).")
 
-    # 1. optimization
-    if n >= 2:
-        k = max(1, n // 4)
-        before, last = h["train_loss"].iloc[-1 - k], h["train_loss"].iloc[-1]
-        rel = (before - last) / before if before else 0.0
-        if rel > STILL_LEARNING_REL_DROP:
-            opt = (f"**Optimization error: high.** The train loss was still falling at the end: {num(before, 3)} → "
-                   f"{num(last, 3)} over the last {k} epoch(s) ({rel:.0%} lower). More epochs or a better schedule "
-                   f"would still reduce it.")
-        else:
-            opt = (f"**Optimization error: low.** The train loss has flattened: {num(before, 3)} → {num(last, 3)} over "
-                   f"the last {k} epoch(s) ({rel:.1%} change), at {pct(tr_acc)} train accuracy; the optimizer has "
-                   f"converged for this model, so more of the same training would not buy much.")
-    else:
-        opt = ("**Optimization error: cannot be judged** — only one epoch was logged, so the curve has no trend. "
-               f"With {pct(tr_acc)} train accuracy after one epoch, more training is the first measure to take.")
 
-    # 2. generalization
-    gap = tr_acc - va_acc
-    vloss = h["valid_loss"].to_numpy()
+def _optimization_error(h: pd.DataFrame, tr_acc: float) -> str:
+    """High while the train loss still fell by more than STILL_LEARNING_REL_DROP over the last quarter."""
+    n = len(h)
+    if n < 2:
+        return ("**Optimization error: cannot be judged** — only one epoch was logged, so the curve has no trend. "
+                f"With {pct(tr_acc)} train accuracy after one epoch, more training is the first measure to take.")
+    k = max(1, n // 4)
+    before, last = h["train_loss"].iloc[-1 - k], h["train_loss"].iloc[-1]
+    rel = (before - last) / before if before else 0.0
+    if rel > STILL_LEARNING_REL_DROP:
+        return (f"**Optimization error: high.** The train loss was still falling at the end: {num(before, 3)} → "
+                f"{num(last, 3)} over the last {k} epoch(s) ({rel:.0%} lower). More epochs or a better schedule "
+                f"would still reduce it.")
+    return (f"**Optimization error: low.** The train loss has flattened: {num(before, 3)} → {num(last, 3)} over "
+            f"the last {k} epoch(s) ({rel:.1%} change), at {pct(tr_acc)} train accuracy; the optimizer has "
+            f"converged for this model, so more of the same training would not buy much.")
+
+
+def _validation_loss_note(h: pd.DataFrame) -> Tuple[str, bool]:
+    """How the validation loss moved since its minimum, and whether that is a clear (> 5 %) rise."""
+    vloss, n = h["valid_loss"].to_numpy(), len(h)
     i_min = int(np.argmin(vloss))
-    rising = vloss[-1] > vloss[i_min] * 1.05 and i_min < n - 1
+    if i_min == n - 1:
+        return f"the validation loss was lowest at the last epoch ({num(vloss[-1], 3)}), so no overfitting yet", False
     since_min = (f"the validation loss was lowest at epoch {int(h['epoch'].iloc[i_min])} ({num(vloss[i_min], 3)}) and "
                  f"ended at {num(vloss[-1], 3)}")
-    if rising:
-        loss_note = since_min + ", a clear rise and a sign of overfitting"
-    elif i_min < n - 1:
-        loss_note = since_min + ", a rise of less than 5%, so at most a first hint of overfitting"
-    else:
-        loss_note = f"the validation loss was lowest at the last epoch ({num(vloss[-1], 3)}), so no overfitting yet"
-    gen_high = gap > GAP_POINTS or rising
-    gen = (f"**Generalization error: {'high' if gen_high else 'low'}.** Train {pct(tr_acc)} vs validation "
-           f"{pct(va_acc)}: validation is {abs(gap):.1f} points {'lower' if gap >= 0 else 'higher'}; {loss_note}. "
-           f"Note that validation is not an iid "
-           f"sample of the training distribution (it is all the 50° population, train is 75% 10° moons), so the gap "
-           f"mixes distribution shift with overfitting; "
-           + ("reducing it needs training data closer to the target population (or augmentation such as input noise) "
-              "more than regularization." if gen_high else
-              "the model transfers well despite the shift."))
+    if vloss[-1] > vloss[i_min] * 1.05:
+        return since_min + ", a clear rise and a sign of overfitting", True
+    return since_min + ", a rise of less than 5%, so at most a first hint of overfitting", False
 
-    # 3. approximation
+
+def _generalization_error(h: pd.DataFrame, tr_acc: float, va_acc: float) -> str:
+    """High when the train-valid gap exceeds GAP_POINTS or the validation loss clearly rose."""
+    gap = tr_acc - va_acc
+    loss_note, rising = _validation_loss_note(h)
+    high = gap > GAP_POINTS or rising
+    return (f"**Generalization error: {'high' if high else 'low'}.** Train {pct(tr_acc)} vs validation "
+            f"{pct(va_acc)}: validation is {abs(gap):.1f} points {'lower' if gap >= 0 else 'higher'}; {loss_note}. "
+            f"Note that validation is not an iid "
+            f"sample of the training distribution (it is all the 50° population, train is 75% 10° moons), so the gap "
+            f"mixes distribution shift with overfitting; "
+            + ("reducing it needs training data closer to the target population (or augmentation such as input "
+               "noise) more than regularization." if high else
+               "the model transfers well despite the shift."))
+
+
+def _approximation_error(data: ReportData, fc_train: float) -> str:
+    """High when a larger model of the MLP grid fits the training set more than APPROX_POINTS better."""
     mlp = data.finished("mlp_grid")
-    fc_train = fc["train_acc_thr05"]
-    if len(mlp) and "train_acc_thr05" in mlp:
-        best = mlp.loc[mlp["train_acc_thr05"].idxmax()]
-        margin = best["train_acc_thr05"] - fc_train
-        approx = (f"**Approximation error: {'high' if margin > APPROX_POINTS else 'low'}.** Evaluated after training "
-                  f"at threshold 0.5, it fits {pct(fc_train)} of the training set; the best-fitting model of the "
-                  f"depth x width grid ({best['label']}, {count(best['n_params'])} parameters) fits "
-                  f"{pct(best['train_acc_thr05'])} ({points(margin)}). "
-                  + ("A richer model class fits the data clearly better, so this one is too restricted."
-                     if margin > APPROX_POINTS else
-                     "More capacity does not fit the data much better, and the decision boundary (figure) already "
-                     "follows the curved moons: the remaining train error is the overlap of the noisy classes, "
-                     "not a limit of the model."))
-    else:
-        approx = (f"**Approximation error:** the MLP grid has not been run in this store, so there is no larger model "
-                  f"to compare with; the model fits {pct(fc_train)} of the training set and its decision boundary "
-                  f"(figure) is non-linear, which is what the moons need.")
-    return "\n\n".join(["### Question 1", setup, bullet([opt, gen, approx]),
-                        figs(data, "first_classifier", out_dir, "First classifier")])
+    if not len(mlp) or "train_acc_thr05" not in mlp:
+        return (f"**Approximation error:** the MLP grid has not been run in this store, so there is no larger model "
+                f"to compare with; the model fits {pct(fc_train)} of the training set and its decision boundary "
+                f"(figure) is non-linear, which is what the moons need.")
+    best = mlp.loc[mlp["train_acc_thr05"].idxmax()]
+    margin = best["train_acc_thr05"] - fc_train
+    return (f"**Approximation error: {'high' if margin > APPROX_POINTS else 'low'}.** Evaluated after training "
+            f"at threshold 0.5, it fits {pct(fc_train)} of the training set; the best-fitting model of the "
+            f"depth x width grid ({best['label']}, {count(best['n_params'])} parameters) fits "
+            f"{pct(best['train_acc_thr05'])} ({points(margin)}). "
+            + ("A richer model class fits the data clearly better, so this one is too restricted."
+               if margin > APPROX_POINTS else
+               "More capacity does not fit the data much better, and the decision boundary (figure) already "
+               "follows the curved moons: the remaining train error is the overlap of the noisy classes, "
+               "not a limit of the model."))
 
 
 def model_free_rates() -> Dict[str, Dict[str, float]]:
@@ -181,112 +195,165 @@ def part1_q4(data: ReportData, out_dir: Path) -> str:
     mlp = data.finished("mlp_grid")
     if not len(mlp):
         return "### Question 4\n\n" + missing_note("mlp_grid", data.experiment)
-    depths, widths = mlp_axes(mlp)
-    have_d, have_w = sorted(set(mlp["depth"])), sorted(set(mlp["width"]))
     act = recipe(mlp, ["activation"]).get("activation", "relu")
+    recipe_text = (f"Recipe shared by the cells: {recipe_line(mlp, MLP_RECIPE_KEYS)}; validation chooses each "
+                   f"cell's threshold, test "
+                   f"judges it. Test accuracy here is at the ROC threshold, as in the programme's mosaic.")
+    return "\n\n".join(["### Question 4", _q4_coverage(mlp), recipe_text, _q4_table(mlp),
+                        figs(data, "mlp_grid", out_dir, "MLP grid"), _q4_axis(mlp, Q4_WIDTH, act),
+                        _q4_axis(mlp, Q4_DEPTH, act), _q4_pairs(mlp, act), _q4_threshold(mlp)])
+
+
+def _q4_coverage(mlp: pd.DataFrame) -> str:
+    depths, widths = mlp_axes(mlp)
     missing_cells = [f"d{d}_w{w}" for w in widths for d in depths
                      if not ((mlp["depth"] == d) & (mlp["width"] == w)).any()]
-    cover = (f"{len(mlp)} of the {len(depths) * len(widths)} cells of the depth x width grid finished"
-             + (f"; not run: {', '.join(missing_cells)}" if missing_cells else "") + ".")
-    tbl = table(mlp.sort_values(["width", "depth"]), [
+    return (f"{len(mlp)} of the {len(depths) * len(widths)} cells of the depth x width grid finished"
+            + (f"; not run: {', '.join(missing_cells)}" if missing_cells else "") + ".")
+
+
+def _q4_table(mlp: pd.DataFrame) -> str:
+    return table(mlp.sort_values(["width", "depth"]), [
         ("label", "model", str), ("depth", "depth", str), ("width", "width", str),
         ("n_params", "params", count_or_na), ("roc_threshold", "ROC thr", lambda v: num(v, 3)),
         ("train_acc_thr05", "train acc (0.5)", pct), ("valid_acc", "valid acc (0.5)", pct),
         ("test_acc_thr05", "test acc (0.5)", pct), ("test_acc", "test acc (ROC thr)", pct)])
-    recipe_text = (f"Recipe shared by the cells: {recipe_line(mlp, MLP_RECIPE_KEYS)}; validation chooses each "
-                   f"cell's threshold, test "
-                   f"judges it. Test accuracy here is at the ROC threshold, as in the programme's mosaic.")
 
-    # 1. columns: fixed depth, width varies
-    col_lines = [f"depth {d}: test accuracy {trend(acc_pairs(mlp[mlp['depth'] == d], 'width'), 'width')}"
-                 for d in have_d]
-    narrow, wide = min(have_w), max(have_w)
-    by_w = mlp.groupby("width")["test_acc"].mean()
-    w_gain = by_w[wide] - by_w[narrow]
-    cols = (f"**1. Columns (fixed depth, width varies).**\n\n{bullet(col_lines)}\n\nAveraged over depths, the widest "
-            f"cells (width {wide}) score {pct(by_w[wide])} and the narrowest (width {narrow}) {pct(by_w[narrow])} "
-            f"({points(w_gain)}). "
-            + ("Width is what lets the boundary bend: each hidden unit contributes one smooth "
-               f"{act} ridge, so a narrow layer (width {narrow}) has only {narrow} ridges to combine and its boundary "
-               "can bend only a few times, cutting through the moons' tips, while wider layers draw the curved "
-               "boundary that wraps around them (mosaic). "
-               if w_gain > 1.0 else
-               f"Width barely changes the test score over this range: even width {narrow} already draws a boundary "
-               f"that separates the bulk of the moons, and extra units only refine it where the test population "
-               f"(rotated 40°, noisier) has few points. ")
-            + "Beyond a moderate width the boundaries of neighbouring cells look alike and the score saturates: the "
-              "remaining errors come from the overlap of the noisy classes and from the shift between the training "
-              "populations and the test one, which no amount of width removes.")
 
-    # 2. rows: fixed width, depth varies
-    row_lines = [f"width {w}: test accuracy {trend(acc_pairs(mlp[mlp['width'] == w], 'depth'), 'depth')}"
-                 for w in have_w]
-    shallow, deep = min(have_d), max(have_d)
-    by_d = mlp.groupby("depth")["test_acc"].mean()
-    d_gain = by_d[deep] - by_d[shallow]
-    rows = (f"**2. Rows (fixed width, depth varies).**\n\n{bullet(row_lines)}\n\nAveraged over widths, depth {deep} "
-            f"scores {pct(by_d[deep])} and depth {shallow} {pct(by_d[shallow])} ({points(d_gain)}). "
-            + ("Depth composes the ridges of the previous layer into more complex regions, so deeper cells draw more "
-               "intricate boundaries from the same width. " if d_gain > 1.0 else
-               "Depth adds little here: composing layers gives more complex regions, but the moons need only a "
-               "moderately curved boundary, and deeper nets trained for the same few epochs are harder to optimise. ")
-            + "At very small width, depth cannot compensate: every layer squeezes the data through that many units, "
-              "so the information lost in the first narrow layer cannot be recovered by the next ones.")
+@dataclass(frozen=True)
+class AxisProse:
+    """Q4's reading of one axis of the mosaic: `varies` changes while `fixed` is held.
 
-    # 3. pairs with the same number of hidden units
-    pair_lines = []
-    for (d1, w1), (d2, w2) in (((1, 32), (4, 8)), ((1, 128), (4, 32))):
-        p1, p2 = n_params_mlp(d1, w1, act), n_params_mlp(d2, w2, act)
-        same = "the same" if p1 == p2 else "different"
-        units = (f"the same number of hidden units ({d1 * w1})" if d1 * w1 == d2 * w2 else
-                 f"{d1 * w1} vs {d2 * w2} hidden units")
-        cells = {key: mlp[(mlp["depth"] == key[0]) & (mlp["width"] == key[1])] for key in ((d1, w1), (d2, w2))}
-        head = (f"depth={d1}, width={w1} vs depth={d2}, width={w2}: counted on the project's MLP, they have "
-                f"{count(p1)} vs {count(p2)} parameters ({same}), but {units}.")
-        if all(len(c) for c in cells.values()):
-            a1, a2 = cells[(d1, w1)]["test_acc"].iloc[0], cells[(d2, w2)]["test_acc"].iloc[0]
-            better = f"depth={d1}, width={w1}" if a1 > a2 else f"depth={d2}, width={w2}"
-            head += (f" Measured test accuracy: {pct(a1)} vs {pct(a2)}; "
-                     + (f"the two are within a point of each other, so at this budget the arrangement of the units "
-                        f"hardly matters on this simple 2D problem." if abs(a1 - a2) <= 1.0 else
-                        f"{better} is better by {abs(a1 - a2):.1f} points. "
-                        + ("The deeper net spends the same units on composed features, which pays off when it can be "
-                           "optimised well." if a2 > a1 else
-                           "The wide shallow net is easier to optimise in few epochs, and one wide tanh layer already "
-                           "approximates the needed boundary (universal approximation), so depth brings no gain.")))
-        else:
-            absent = [f"depth={k[0]}, width={k[1]}" for k, c in cells.items() if not len(c)]
-            head += (f" Not comparable from this store: {absent[0]} has not been run." if len(absent) == 1 else
-                     f" Not comparable from this store: neither {absent[0]} nor {absent[1]} has been run.")
-        pair_lines.append(head)
-    pair_text = ("**3. Pairs named as having equal parameter counts.**\n\n" + bullet(pair_lines)
-                 + "\n\nWhat the pairs share is the number of hidden neurons, not parameters: a d-layer net of width w "
-                   "has about (d-1)w² weights between hidden layers, so splitting the same neurons over more layers "
-                   "multiplies the parameters.")
+    The templates take {small}/{big} (the extreme values of `varies`), {small_acc}/{big_acc}
+    (their mean test accuracy over `fixed`), {gain} and {act} (the activation).
+    """
 
-    # 4. threshold selection
+    title: str
+    varies: str
+    fixed: str
+    average: str
+    gains: str     # when the big end scores more than AXIS_GAIN_POINTS better
+    no_gain: str
+    closing: str
+
+
+AXIS_GAIN_POINTS = 1.0
+Q4_WIDTH = AxisProse(
+    "**1. Columns (fixed depth, width varies).**", "width", "depth",
+    "Averaged over depths, the widest cells (width {big}) score {big_acc} and the narrowest (width {small}) "
+    "{small_acc} ({gain}). ",
+    "Width is what lets the boundary bend: each hidden unit contributes one smooth {act} ridge, so a narrow layer "
+    "(width {small}) has only {small} ridges to combine and its boundary can bend only a few times, cutting through "
+    "the moons' tips, while wider layers draw the curved boundary that wraps around them (mosaic). ",
+    "Width barely changes the test score over this range: even width {small} already draws a boundary that "
+    "separates the bulk of the moons, and extra units only refine it where the test population (rotated 40°, "
+    "noisier) has few points. ",
+    "Beyond a moderate width the boundaries of neighbouring cells look alike and the score saturates: the remaining "
+    "errors come from the overlap of the noisy classes and from the shift between the training populations and the "
+    "test one, which no amount of width removes.")
+Q4_DEPTH = AxisProse(
+    "**2. Rows (fixed width, depth varies).**", "depth", "width",
+    "Averaged over widths, depth {big} scores {big_acc} and depth {small} {small_acc} ({gain}). ",
+    "Depth composes the ridges of the previous layer into more complex regions, so deeper cells draw more intricate "
+    "boundaries from the same width. ",
+    "Depth adds little here: composing layers gives more complex regions, but the moons need only a moderately "
+    "curved boundary, and deeper nets trained for the same few epochs are harder to optimise. ",
+    "At very small width, depth cannot compensate: every layer squeezes the data through that many units, so the "
+    "information lost in the first narrow layer cannot be recovered by the next ones.")
+
+
+def _q4_axis(mlp: pd.DataFrame, prose: AxisProse, act: str) -> str:
+    """One trend line per held value, then the mean effect of the varying axis and its reading."""
+    fixed, varies = prose.fixed, prose.varies
+    lines = [f"{fixed} {v}: test accuracy {trend(acc_pairs(mlp[mlp[fixed] == v], varies), varies)}"
+             for v in sorted(set(mlp[fixed]))]
+    small, big = min(mlp[varies]), max(mlp[varies])
+    mean_acc = mlp.groupby(varies)["test_acc"].mean()
+    gain = mean_acc[big] - mean_acc[small]
+    values = dict(small=small, big=big, small_acc=pct(mean_acc[small]), big_acc=pct(mean_acc[big]),
+                  gain=points(gain), act=act)
+    reading = prose.gains if gain > AXIS_GAIN_POINTS else prose.no_gain
+    return (f"{prose.title}\n\n{bullet(lines)}\n\n"
+            + (prose.average + reading + prose.closing).format(**values))
+
+
+# The programme's two pairs "with the same number of parameters" (they share hidden units, not parameters).
+Q4_PAIRS = (((1, 32), (4, 8)), ((1, 128), (4, 32)))
+PAIR_CLOSE_POINTS = 1.0
+
+
+def _cell_name(cell: Tuple[int, int]) -> str:
+    return f"depth={cell[0]}, width={cell[1]}"
+
+
+def _q4_pairs(mlp: pd.DataFrame, act: str) -> str:
+    lines = [_q4_pair(mlp, shallow, deep, act) for shallow, deep in Q4_PAIRS]
+    return ("**3. Pairs named as having equal parameter counts.**\n\n" + bullet(lines)
+            + "\n\nWhat the pairs share is the number of hidden neurons, not parameters: a d-layer net of width w "
+              "has about (d-1)w² weights between hidden layers, so splitting the same neurons over more layers "
+              "multiplies the parameters.")
+
+
+def _q4_pair(mlp: pd.DataFrame, shallow: Tuple[int, int], deep: Tuple[int, int], act: str) -> str:
+    """Parameter and hidden-unit counts of a (shallow, deep) pair, then what the store measured of it."""
+    (d1, w1), (d2, w2) = shallow, deep
+    p1, p2 = n_params_mlp(d1, w1, act), n_params_mlp(d2, w2, act)
+    units = (f"the same number of hidden units ({d1 * w1})" if d1 * w1 == d2 * w2 else
+             f"{d1 * w1} vs {d2 * w2} hidden units")
+    head = (f"{_cell_name(shallow)} vs {_cell_name(deep)}: counted on the project's MLP, they have "
+            f"{count(p1)} vs {count(p2)} parameters ({'the same' if p1 == p2 else 'different'}), but {units}.")
+    cells = {key: mlp[(mlp["depth"] == key[0]) & (mlp["width"] == key[1])] for key in (shallow, deep)}
+    absent = [_cell_name(key) for key, rows in cells.items() if not len(rows)]
+    if len(absent) == 1:
+        return head + f" Not comparable from this store: {absent[0]} has not been run."
+    if absent:
+        return head + f" Not comparable from this store: neither {absent[0]} nor {absent[1]} has been run."
+    a1, a2 = cells[shallow]["test_acc"].iloc[0], cells[deep]["test_acc"].iloc[0]
+    return head + f" Measured test accuracy: {pct(a1)} vs {pct(a2)}; " + _pair_verdict(shallow, deep, a1, a2)
+
+
+def _pair_verdict(shallow: Tuple[int, int], deep: Tuple[int, int], a1: float, a2: float) -> str:
+    if abs(a1 - a2) <= PAIR_CLOSE_POINTS:
+        return ("the two are within a point of each other, so at this budget the arrangement of the units "
+                "hardly matters on this simple 2D problem.")
+    better = _cell_name(shallow) if a1 > a2 else _cell_name(deep)
+    why = ("The deeper net spends the same units on composed features, which pays off when it can be optimised "
+           "well." if a2 > a1 else
+           "The wide shallow net is easier to optimise in few epochs, and one wide tanh layer already approximates "
+           "the needed boundary (universal approximation), so depth brings no gain.")
+    return f"{better} is better by {abs(a1 - a2):.1f} points. " + why
+
+
+# Q4 part 4, by whether the validation-chosen threshold raised the mean test accuracy.
+THRESHOLD_VERDICT = {
+    True: ("So it did improve the test results on average. ",
+           "much of that correction carries over, and balancing the errors raises accuracy."),
+    False: ("So on average it did **not** improve the test results. ",
+            "the correction fitted to validation does not transfer: a threshold tuned on one shifted population "
+            "is not optimal for another, and balancing FPR against FNR is not the same as maximising accuracy."),
+}
+UNCHANGED_POINTS = 0.05
+
+
+def _threshold_side(lo: float, hi: float) -> str:
+    return "all below 0.5" if hi < 0.5 else "all above 0.5" if lo > 0.5 else "on both sides of 0.5"
+
+
+def _q4_threshold(mlp: pd.DataFrame) -> str:
+    """How the ROC threshold chosen on validation changed test (and validation) accuracy, cell by cell."""
     delta = mlp["test_acc_thrroc"] - mlp["test_acc_thr05"]
     vdelta = mlp["valid_acc_thrroc"] - mlp["valid_acc_thr05"]
-    n_up, n_down = int((delta > 0.05).sum()), int((delta < -0.05).sum())
-    n_same = len(mlp) - n_up - n_down
+    n_up, n_down = int((delta > UNCHANGED_POINTS).sum()), int((delta < -UNCHANGED_POINTS).sum())
     thr_lo, thr_hi = mlp["roc_threshold"].min(), mlp["roc_threshold"].max()
-    side = ("all below 0.5" if thr_hi < 0.5 else "all above 0.5" if thr_lo > 0.5 else "on both sides of 0.5")
-    helped = delta.mean() > 0
-    thr = (f"**4. Threshold selection on validation.** The ROC thresholds range from {num(thr_lo, 3)} to "
-           f"{num(thr_hi, 3)} ({side}). On the test split the chosen threshold improved {n_up} of {len(mlp)} cells, "
-           f"hurt {n_down} and left {n_same} unchanged (within 0.05 points); the mean change is "
-           f"{points(delta.mean())} (from {points(delta.min())} to {points(delta.max())}). On validation itself, "
-           f"where it was chosen, the mean change is {points(vdelta.mean())}. "
-           + (("So it did improve the test results on average. " if helped else
-               "So on average it did **not** improve the test results. ")
-              + "The threshold corrects the bias that the distribution shift gives the scores on validation (the 50° "
-                "population); the test population is rotated 40°, between the training mix and validation but "
-                "closer to validation, and noisier, so "
-              + ("much of that correction carries over, and balancing the errors raises accuracy." if helped else
-                 "the correction fitted to validation does not transfer: a threshold tuned on one shifted population "
-                 "is not optimal for another, and balancing FPR against FNR is not the same as maximising "
-                 "accuracy."))
-           + " Choosing a threshold on validation only helps the test score when validation resembles the test "
-             "population; otherwise it is a form of overfitting to validation.")
-    return "\n\n".join(["### Question 4", cover, recipe_text, tbl, figs(data, "mlp_grid", out_dir, "MLP grid"),
-                        cols, rows, pair_text, thr])
+    verdict, transfer = THRESHOLD_VERDICT[bool(delta.mean() > 0)]
+    return (f"**4. Threshold selection on validation.** The ROC thresholds range from {num(thr_lo, 3)} to "
+            f"{num(thr_hi, 3)} ({_threshold_side(thr_lo, thr_hi)}). On the test split the chosen threshold improved "
+            f"{n_up} of {len(mlp)} cells, hurt {n_down} and left {len(mlp) - n_up - n_down} unchanged (within "
+            f"{UNCHANGED_POINTS} points); the mean change is {points(delta.mean())} (from {points(delta.min())} to "
+            f"{points(delta.max())}). On validation itself, where it was chosen, the mean change is "
+            f"{points(vdelta.mean())}. " + verdict
+            + "The threshold corrects the bias that the distribution shift gives the scores on validation (the 50° "
+              "population); the test population is rotated 40°, between the training mix and validation but "
+              "closer to validation, and noisier, so " + transfer
+            + " Choosing a threshold on validation only helps the test score when validation resembles the test "
+              "population; otherwise it is a form of overfitting to validation.")
