@@ -245,7 +245,7 @@ def reference_lines(data: ReportData, best: pd.Series) -> List[str]:
 def part3_q5(data: ReportData, out_dir: Path) -> str:
     head = "### Question 5 (experiment 2: YourCNN)"
     df = data.grids["exp2"]
-    design = ("**1. Modifications (YourCNN, `models/cnn.py`).** After airbench (K. Jordan) and ResNet-9 (D. Page): "
+    design = ("**1. Modifications (YourCNN, `models/yourcnn.py`).** After airbench (K. Jordan) and ResNet-9 (D. Page): "
               "a stem (a frozen 2x2 patch-whitening conv fitted on training images, or a full-resolution conv); one "
               "*stage* per K element, entered by conv → max-pool → BatchNorm → activation (pooling before the BN "
               "normalises fewer positions), followed by residual pairs conv-BN-act-conv-BN with identity shortcuts; "

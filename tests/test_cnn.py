@@ -1,6 +1,8 @@
-"""models/cnn.py and models/counting.py: layouts, parameter counts by hand, shape validation,
-RNG discipline, overfitting sanity runs and YourCNN's depth behaviour (all on CPU, small data)."""
+"""models/cnn.py, models/yourcnn.py and models/counting.py: layouts, parameter counts by hand, shape
+validation, RNG discipline, overfitting sanity runs and YourCNN's depth behaviour (all on CPU, small data)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,8 +10,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from models.classifier import ArgMaxClassifier
-from models.cnn import (CNN, POOLINGS, ResidualBlock, ResidualBottleneckBlock, ResNet, YourCNN, ZeroInitResidual,
-                        channel_stages, feature_map_sizes, min_valid_pool_every)
+from models.cnn import (CNN, POOLINGS, ResidualBlock, ResidualBottleneckBlock, ResNet, feature_map_sizes,
+                        min_valid_pool_every)
+from models.yourcnn import YourCNN, ZeroInitResidual, channel_stages
 from models.counting import bottleneck_comparison, count_flops, count_parameters
 from training.trainer import ClassifierTrainer
 
@@ -463,6 +466,44 @@ def test_yourcnn_residual_blocks_start_as_identity():
     blocks = [m for m in model.modules() if isinstance(m, ZeroInitResidual)]
     assert len(blocks) == 2 * 2  # L=5: entry conv + two residual pairs per stage
     assert all(float(b.branch[-1].weight.detach().abs().sum()) == 0 for b in blocks)
+
+
+def test_yourcnn_ignores_pool_every_and_rejects_other_conv_params():
+    """pool_every (required by the CNN API) does not change the net; a conv geometry other than
+    YourCNN's own 3x3/1/1 is refused rather than silently dropped."""
+    def build(**kwargs):
+        torch.manual_seed(0)
+        return YourCNN(IN, 10, [8, 8, 16], hidden_dims=[], **kwargs)
+
+    reference = build(pool_every=1).state_dict()
+    for same in (dict(pool_every=3), dict(pool_every=1, conv_params={}), dict(pool_every=1, conv_params=CONV),
+                 dict(pool_every=1, conv_params=dict(kernel_size=(3, 3), padding=1))):
+        state = build(**same).state_dict()
+        assert list(state) == list(reference) and all(torch.equal(state[k], reference[k]) for k in state), same
+    for bad in (dict(kernel_size=5, padding=2), dict(kernel_size=3), dict(kernel_size=3, padding=1, bias=True)):
+        with pytest.raises(ValueError, match=r"YourCNN's convs are always 3x3, stride 1, padding 1 .* conv_params "
+                                             r"\{.*\} would be ignored; leave conv_params unset"):
+            build(pool_every=1, conv_params=bad)
+    with pytest.raises(ValueError, match="pool_every must be an int >= 1, got 0"):
+        build(pool_every=0)
+
+
+def test_yourcnn_family_is_reexported_by_the_cnn_module_without_a_cycle():
+    """The programme imports YourCNN from its cnn module: models.cnn hands out models.yourcnn's
+    objects on first use, and importing models.cnn alone does not import models.yourcnn."""
+    import subprocess
+    import sys
+
+    import models.cnn as cnn
+    import models.yourcnn as yourcnn
+
+    for name in ("YourCNN", "PatchWhitening", "ZeroInitResidual", "tta_off", "tta_of", "tta_modes", "TTA_MODES"):
+        assert getattr(cnn, name) is getattr(yourcnn, name), name
+    with pytest.raises(AttributeError, match="has no attribute 'NoSuchNet'"):
+        cnn.NoSuchNet
+    code = ("import sys, models.cnn; assert 'models.yourcnn' not in sys.modules; "
+            "from models.cnn import YourCNN; assert YourCNN.__module__ == 'models.yourcnn'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(Path(__file__).resolve().parents[1]))
 
 
 def test_yourcnn_too_many_stages_fails_clearly():
