@@ -76,6 +76,23 @@ def test_ci_runs_the_readme_test_command():
     assert re.search(r"^make test\b", ci, re.M)
 
 
+def test_readme_entry_point_table_matches_mlproject():
+    """The README's entry-point table names every MLproject entry point (`a` .. `b` spans a
+    numbered run of them), and every `-e NAME` the README shows exists."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    entries = set(load_project(str(PROJECT_ROOT))._entry_points)
+    section = readme.split("## Entry points", 1)[1].split("\n## ", 1)[0]
+    listed = set()
+    for first_cell in re.findall(r"^\| (.+?) \|", section, re.M):
+        names = re.findall(r"`(\w+)`", first_cell)
+        listed |= set(names)
+        if ".." in first_cell and len(names) == 2:
+            (stem, lo), (_, hi) = (n.rsplit("_", 1) for n in names)
+            listed |= {f"{stem}_{i}" for i in range(int(lo), int(hi) + 1)}
+    assert listed == entries
+    assert set(re.findall(r"mlflow run \. -e (\w+)", readme)) <= entries
+
+
 def test_generated_files_are_ignored():
     ignored = (PROJECT_ROOT / ".gitignore").read_text().split()
     for pattern in ("mlruns/", "mlflow.db", "results/", "checkpoints/", "*.pt", "cifar-10-batches-py/"):
