@@ -32,19 +32,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from training.cnn.experiment import cnn_experiment  # noqa: E402
+from bench.recipes import train_untracked  # noqa: E402
 from training.experiments import experiment_name_of  # noqa: E402
 from training.grids.expand import expand_grid, load_grid_config  # noqa: E402
 
 N_TRAIN, N_VALID = 45000, 5000
 
 
-def run_config(kwargs, out_dir, data_dir, **extra):
+def run_config(kwargs, out_dir, data_dir, compile=False, test_each_epoch=False, **extra):
+    """Train one configuration untracked (bench.recipes); returns (its results JSON, wall seconds)."""
     kw = dict(kwargs)
-    kw.update(out_dir=out_dir, data_dir=data_dir, tracking=False, print_every=0, log_model=False,
+    kw.update(out_dir=out_dir, data_dir=data_dir, print_every=0, log_model=False,
               checkpoint_dir=os.path.join(out_dir, "ckpt"), restart=True, **extra)
     t0 = time.perf_counter()
-    path = cnn_experiment(**kw)
+    path = train_untracked(kw, compile=compile, each_epoch_test=test_each_epoch)
     wall = time.perf_counter() - t0
     with open(path) as f:
         res = json.load(f)

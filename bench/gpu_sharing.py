@@ -17,7 +17,6 @@ ResNet K=[32] L=8 (the heaviest per batch of the cheap ones).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import multiprocessing as mp
 import os
@@ -46,24 +45,22 @@ def _worker(case: str, device: str, data_dir: str, n_train: int, batches: int, w
     import torch
 
     from training.data.cifar import DeviceLoader, load_cifar10, make_splits
-    from training.cnn.experiment import Settings, autocast_dtype, build_model, cnn_experiment, use_cuda_graph
-    from training.engine.optim import make_loss, make_optimizer
-    from training.trainer import BatchLimit, ClassifierTrainer
+    from training.cnn.experiment import decide_policy, plan_run
+    from training.cnn.session import make_trainer
+    from training.trainer import BatchLimit
 
     torch.set_num_threads(threads)
     torch.backends.cudnn.benchmark = True
     kwargs = case_kwargs(case)
-    named = set(inspect.signature(cnn_experiment).parameters) - {"kw"}
-    settings = Settings.from_kw({k: v for k, v in kwargs.items() if k not in named})
-    dev = torch.device(device)
+    recipe, options = plan_run({**kwargs, "device": device})
+    policy = decide_policy(recipe, options)  # the cases (exp1_1, exp1_4) train at a constant lr
+    dev = policy.device
     torch.manual_seed(rank)
-    model = build_model(kwargs, settings).to(dev, memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, settings.optimizer_spec(kwargs["lr"], kwargs["reg"]))
-    trainer = ClassifierTrainer(model, make_loss("cross_entropy", settings.label_smoothing), optimizer, device=dev,
-                                amp_dtype=autocast_dtype(settings, dev), cuda_graph=use_cuda_graph(settings, dev))
+    model = recipe.build_model().to(dev, memory_format=torch.channels_last)
+    trainer = make_trainer(recipe, policy, model, batches)
     train, _, _ = make_splits(load_cifar10(data_dir), n_train=n_train, n_valid=0, seed=42)
-    loader = DeviceLoader(train.x, train.y, kwargs["bs_train"], device=dev, shuffle=True, drop_last=True,
-                          augment=settings.augment, crop_padding=settings.crop_padding, seed=rank, channels_last=True)
+    loader = DeviceLoader(train.x, train.y, recipe.bs_train, device=dev, shuffle=True, drop_last=True,
+                          augment=recipe.augment, crop_padding=recipe.crop_padding, seed=rank, channels_last=True)
 
     def train(n: int) -> None:
         trainer.train_epoch(BatchLimit(loader, n), verbose=False)

@@ -6,7 +6,7 @@ order `training.grids.expand.run_grid` and `training.cnn.experiment.cnn_experime
 training replaced by nothing:
 
   parent run (open_run + log_params of the grid), then for each configuration:
-    skip check (`search_runs` on the config hash, as cnn_experiment's `_prior_runs`),
+    skip check (`search_runs` on the config hash, as the run store's `prior_runs`),
     nested child run (open_run with its tags), log_params once (the same keys as cnn_experiment),
     EpochLogger (one get_metric_history probe, then one log_batch per epoch for E epochs),
     final log_metrics, end of run.
@@ -104,16 +104,15 @@ def _stop(proc: subprocess.Popen) -> None:
 # ------------------------------------------------------------------------------------- the grid
 def child_params(kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """The params dict cnn_experiment logs for one configuration (same keys, same value types)."""
-    from training.cnn.experiment import Settings
+    from training.cnn.experiment import plan_run
+    from training.cnn.store import programme_config
 
-    run_keys = ("seed", "bs_train", "bs_test", "batches", "epochs", "early_stopping", "lr", "reg",
-                "filters_per_layer", "layers_per_block", "pool_every", "hidden_dims", "model_type", "run_name")
-    cfg = dict(out_dir="./results", device=None, checkpoints=None,
-               **{k: kwargs[k] for k in run_keys if k in kwargs})
-    settings = Settings.from_kw({k: v for k, v in kwargs.items() if k not in run_keys})
-    L = kwargs["layers_per_block"]
-    return {**cfg, **settings.identity(), "n_train": 45000, "n_valid": 5000, "n_test": 10000, "n_params": 1_000_000,
-            "channels": [k for k in kwargs["filters_per_layer"] for _ in range(L)]}
+    recipe, options = plan_run(kwargs)
+    cfg = programme_config(recipe, options)
+    cfg.pop("kw")
+    settings = {k: v for k, v in recipe.fields_logged().items() if k not in recipe.PROGRAMME_ARGS}
+    return {**cfg, **settings, "n_train": 45000, "n_valid": 5000, "n_test": 10000, "n_params": 1_000_000,
+            "channels": recipe.channels}
 
 
 def epoch_metrics(epoch: int) -> Dict[str, Any]:
@@ -210,10 +209,10 @@ def per_run_extras(workdir: str, n_runs: int) -> Dict[str, Any]:
     import torch
 
     from training.tracking import runs as tracking
-    from training.cnn.experiment import Settings, build_model
+    from training.cnn.recipe import CifarRecipe
 
-    model = build_model(dict(model_type="cnn", filters_per_layer=[32], layers_per_block=2, pool_every=1,
-                             hidden_dims=[512]), Settings())
+    model = CifarRecipe("exp1_1", model_type="cnn", filters_per_layer=[32], layers_per_block=2, pool_every=1,
+                        hidden_dims=[512]).build_model()
     opt = torch.optim.Adam(model.parameters())
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     opt.step()  # creates the Adam state, so the checkpoint has its real size

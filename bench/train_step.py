@@ -1,6 +1,6 @@
 """Benchmark 1: train-step throughput of archlab's `ClassifierTrainer.train_epoch` vs a bare loop.
 
-Both code paths train the same models (built by `training.cnn.experiment.build_model`,
+Both code paths train the same models (built by `training.cnn.recipe.CifarRecipe.build_model`,
 channels_last) with the same Adam (archlab's exp1 settings) on batches from the same kind of
 DeviceLoader over the 45000 exp1 training images. The trainer runs exactly as `fit` calls it:
 `train_epoch(BatchLimit(loader, n), verbose=True)` (tqdm bar on, sent to /dev/null here).
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from bench.common import (Series, background_cores, bootstrap_ci, interleave, load_average, merge_series,
                           paired_speed_ratios, rounded, speed_ratios, torch_threads)
 from training.data.cifar import DeviceLoader, make_splits
-from training.cnn.experiment import Settings, build_model
+from training.cnn.recipe import CifarRecipe
 from training.engine.optim import make_loss, make_optimizer
 from training.trainer import BatchLimit, ClassifierTrainer
 
@@ -98,7 +98,7 @@ def make_loader(images: torch.Tensor, labels: torch.Tensor) -> DeviceLoader:
 def build_models(case: ModelCase, n: int = 2) -> List[torch.nn.Module]:
     """n identical channels_last models (same seed, deep copies)."""
     torch.manual_seed(0)
-    model = build_model(case.cfg, Settings(model_kwargs=case.model_kwargs))
+    model = CifarRecipe("bench", **case.cfg, model_kwargs=case.model_kwargs).build_model()
     model = model.to(memory_format=torch.channels_last)
     return [model] + [copy.deepcopy(model) for _ in range(n - 1)]
 

@@ -12,10 +12,7 @@ import click
 
 from entrypoints.common import (auto_is_none, device_list, print_where, resolve_device, start, tracking_options,
                                 worker_count, zero_is_none)
-from training.config import COMPILE_MODES
 from training.grids.expand import GRIDS
-
-COMPILE_CHOICES = [str(m).lower() for m in COMPILE_MODES]  # false, true, reduce-overhead, max-autotune
 
 
 def name_list(ctx, param, value):
@@ -50,15 +47,10 @@ def one_config_options(f):
                           "ones resume."),
         click.option("--allow-small", type=click.BOOL, default=False, show_default=True,
                      help="true: allow fewer than 30000 train / 5000 validation images (smoke runs)."),
-        click.option("--compile", "compile_model", type=click.Choice(COMPILE_CHOICES),
-                     default="false", show_default=True,
-                     help="torch.compile each model: true (default mode), reduce-overhead (compiled CUDA graphs, "
-                          "in place of --cuda-graphs) or max-autotune. The first epoch carries the compile "
-                          "time; results are the same, and it is not part of the config hash."),
         click.option("--cuda-graphs", "cuda_graphs", type=click.Choice(["auto", "on", "off"]),
                      default="auto", show_default=True,
-                     help="Replay each training step as one CUDA graph. auto: on CUDA with a constant lr and no "
-                          "--compile (the launch-bound exp1 nets); on: refuse a run where it cannot work; off: "
+                     help="Replay each training step as one CUDA graph. auto: on CUDA with a constant lr "
+                          "(the launch-bound exp1 nets); on: refuse a run where it cannot work; off: "
                           "eager. Not part of the config hash."),
     ]):
         f = opt(f)
@@ -66,10 +58,9 @@ def one_config_options(f):
 
 
 def one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, device, out_dir, checkpoint_dir,
-                         restart, allow_small, compile_model="false", cuda_graphs="auto") -> dict:
+                         restart, allow_small, cuda_graphs="auto") -> dict:
     options = dict(n_train=n_train, n_valid=n_valid, data_dir=data_dir, restart=restart or None,
                    allow_small=allow_small or None, checkpoint_dir=checkpoint_dir,
-                   compile={"false": None, "true": True}.get(compile_model, compile_model),
                    cuda_graphs=None if cuda_graphs == "auto" else cuda_graphs)
     return dict(epochs=epochs, batches=batches, bs_train=bs_train, device=device, out_dir=out_dir,
                 options={k: v for k, v in options.items() if v is not None})
@@ -89,7 +80,7 @@ def one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, 
               help="Comma-separated configurations to train (child run names, e.g. exp2_L3_K32-64-128); default all.")
 @tracking_options
 def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, device, out_dir, checkpoint_dir,
-         restart, allow_small, compile_model, cuda_graphs, download, workers, devices, only, tracking_uri,
+         restart, allow_small, cuda_graphs, download, workers, devices, only, tracking_uri,
          experiment):
     """Run (or continue) experiment grid NAME: a parent run with one child run per configuration."""
     from training.grids.expand import run_grid
@@ -98,7 +89,7 @@ def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, device, ou
     device = resolve_device(device)
     workers = worker_count(workers, devices, device)
     overrides = one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, device,
-                                     out_dir, checkpoint_dir, restart, allow_small, compile_model, cuda_graphs)
+                                     out_dir, checkpoint_dir, restart, allow_small, cuda_graphs)
     if download:
         overrides["options"]["download"] = True
     uri = start(tracking_uri, experiment)
@@ -146,7 +137,7 @@ def config(name, config_name, overrides, tracking_uri, experiment):
 @one_config_options
 @tracking_options
 def submit(name, backend, backend_config, project_uri, only, epochs, batches, bs_train, n_train, n_valid, data_dir,
-           device, out_dir, checkpoint_dir, restart, allow_small, compile_model, cuda_graphs, tracking_uri,
+           device, out_dir, checkpoint_dir, restart, allow_small, cuda_graphs, tracking_uri,
            experiment):
     """Submit grid NAME as one MLflow project run per configuration (children of one parent run) on
     the chosen backend: local, or kubernetes (docker_env project, one Job each; deploy/kubernetes)."""
@@ -154,7 +145,7 @@ def submit(name, backend, backend_config, project_uri, only, epochs, batches, bs
 
     overrides = one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir,
                                      None if device in (None, "", "auto") else device, out_dir, checkpoint_dir,
-                                     restart, allow_small, compile_model, cuda_graphs)
+                                     restart, allow_small, cuda_graphs)
     uri = start(tracking_uri, experiment)
     try:
         summary = submit_grid(name, overrides, backend=backend, backend_config=backend_config,

@@ -37,8 +37,8 @@ def device_list(ctx, param, value):
 # 4 workers trained all 34 CIFAR configurations in 262 s on one H200 and the exp2 grid in 62 s on an
 # H100 (bench/measured/gpu_programme_h200_2026-11-27.json, gpu_exp2_h100_2026-11-27.json). Smaller
 # GPUs were not tried, so they keep one worker.
-GPU_SHARING_WORKERS = 4
-GPU_SHARING_MIN_GIB = 32
+GPU_SHARING_WORKERS = 4   # measured: 4 workers on the H200 above (gpu_programme_h200_2026-11-27.json)
+GPU_SHARING_MIN_GIB = 32  # not measured: a margin under the 80 GiB H100, the smallest GPU that ran 4 workers
 
 
 def workers_for_gpu_memory(total_bytes: int) -> int:

@@ -296,18 +296,21 @@ def test_a_rerun_continues_only_a_dead_grids_parent_of_the_same_config(mlflow_st
     assert mlflow.get_run(dead_again.info.run_id).info.status == "FAILED"
 
 
-def test_compile_trains_the_same_and_keeps_plain_checkpoint_keys(fake_cifar10, tmp_path):
-    """--compile (nn.Module.compile, real inductor on CPU): same losses and accuracy as eager,
-    and the checkpoint loads into an uncompiled model (no _orig_mod. prefix)."""
+def test_bench_compile_trains_the_same_and_keeps_plain_checkpoint_keys(fake_cifar10, tmp_path):
+    """compile is a benchmark experiment now (bench.recipes; nn.Module.compile, real inductor on
+    CPU): same losses and accuracy as eager, and the checkpoint loads into an uncompiled model."""
     import torch
+
+    from bench.recipes import train_untracked
 
     results = {}
     for compiled in (False, True):
-        path = cnn_experiment("exp1_1", out_dir=str(tmp_path / f"r{compiled}"), seed=1, device="cpu", bs_train=32,
-                              epochs=2, batches=None, early_stopping=None, filters_per_layer=[8], layers_per_block=1,
-                              pool_every=1, hidden_dims=[16], lr=1e-3, reg=0.0, n_train=400, n_valid=100,
-                              allow_small=True, tracking=False, log_model=False, data_dir=str(fake_cifar10),
-                              checkpoint_dir=str(tmp_path / f"c{compiled}"), compile=compiled, print_every=0)
+        path = train_untracked(dict(run_name="exp1_1", out_dir=str(tmp_path / f"r{compiled}"), seed=1, device="cpu",
+                                    bs_train=32, epochs=2, batches=None, early_stopping=None, filters_per_layer=[8],
+                                    layers_per_block=1, pool_every=1, hidden_dims=[16], lr=1e-3, reg=0.0,
+                                    n_train=400, n_valid=100, allow_small=True, log_model=False,
+                                    data_dir=str(fake_cifar10), checkpoint_dir=str(tmp_path / f"c{compiled}"),
+                                    print_every=0), compile=compiled)
         results[compiled] = json.loads(Path(path).read_text())
     eager, comp = results[False], results[True]
     assert comp["results"]["train_loss"] == pytest.approx(eager["results"]["train_loss"], rel=1e-4)
@@ -317,20 +320,27 @@ def test_compile_trains_the_same_and_keeps_plain_checkpoint_keys(fake_cifar10, t
     assert keys and not any("_orig_mod" in k for k in keys)
     with pytest.raises(ValueError, match=r"compile must be one of \[False, True, 'reduce-overhead', 'max-autotune'\], "
                                          r"got 'yes'"):
-        cnn_experiment("exp1_1", compile="yes", tracking=False)
+        train_untracked(dict(run_name="exp1_1"), compile="yes")
+    with pytest.raises(ValueError, match=r"unknown cnn_experiment options \['compile'\]"):
+        cnn_experiment("exp1_1", compile=True, tracking=False)  # not a core option any more
 
 
-def test_test_each_epoch_measures_without_changing_training(mlflow_store, fake_cifar10, tmp_path):
-    """test_each_epoch (time-to-accuracy benchmarks): the test set after every epoch, with the final
-    test's TTA; training is untouched, and the best epoch's figure is the final test's."""
+def test_bench_test_each_epoch_hook_measures_without_changing_training(mlflow_store, fake_cifar10, tmp_path):
+    """The per-epoch test (time-to-accuracy benchmarks) through run_recipe's epoch hook: the test
+    set after every epoch, with the final test's TTA; training is untouched, the best epoch's
+    figure is the final test's, and the run logs it as a metric."""
+    from bench.recipes import test_each_epoch
+    from training.cnn.experiment import decide_policy, plan_run, run_recipe
+
     runs = {}
     for each in (False, True):
-        path = cnn_experiment("exp2", out_dir=str(tmp_path / f"r{each}"), seed=3, device="cpu", bs_train=50,
-                              epochs=3, batches=None, early_stopping=None, filters_per_layer=[8, 16], layers_per_block=1,
-                              pool_every=1, hidden_dims=[], model_type="ycn", lr=2e-3, reg=0.0, n_train=400,
-                              n_valid=100, allow_small=True, log_model=False, data_dir=str(fake_cifar10),
-                              checkpoint_dir=str(tmp_path / f"c{each}"), model_kwargs={"tta": "mirror"},
-                              test_each_epoch=each, restart=True, print_every=0)
+        recipe, options = plan_run(dict(
+            run_name="exp2", out_dir=str(tmp_path / f"r{each}"), seed=3, device="cpu", bs_train=50, epochs=3,
+            batches=None, early_stopping=None, filters_per_layer=[8, 16], layers_per_block=1, pool_every=1,
+            hidden_dims=[], model_type="ycn", lr=2e-3, reg=0.0, n_train=400, n_valid=100, allow_small=True,
+            log_model=False, data_dir=str(fake_cifar10), checkpoint_dir=str(tmp_path / f"c{each}"),
+            model_kwargs={"tta": "mirror"}, restart=True, print_every=0))
+        path = run_recipe(recipe, decide_policy(recipe, options), options, on_epoch_end=test_each_epoch if each else None)
         runs[each] = json.loads(Path(path).read_text())
     plain, each = runs[False], runs[True]
     assert each["results"]["train_loss"] == plain["results"]["train_loss"]
@@ -345,7 +355,7 @@ def test_test_each_epoch_measures_without_changing_training(mlflow_store, fake_c
 def test_parallel_grids_hand_out_the_longest_configurations_first():
     """Longest-first keeps 4 workers busy to the end (a rough cost, layers x widest K): on the H200,
     exp1_4_L8_K64-128-256 trained longest (98 s), exp1_2_L8_K256 (65 s) and exp1_2_L2_K32 (8 s)."""
-    from training.grids.expand import heaviest_first
+    from training.grids.parallel import heaviest_first
 
     order = [experiment_name_of(r) for r in heaviest_first(expand_grid(load_grid_config("exp1_4")))]
     assert order[0] == "exp1_4_L8_K64-128-256"

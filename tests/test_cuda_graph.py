@@ -11,44 +11,53 @@ import torch
 from torch import nn
 
 from cifar_fixtures import write_fake_cifar10
-from training.cnn.experiment import Settings, cnn_experiment, use_cuda_graph
+from training.cnn.experiment import cnn_experiment, plan_run
+from training.engine.execution import ExecutionPolicy
 from training.engine.cuda_graph import GraphedTrainStep, make_capturable, uncapturable_state_dict
 from training.trainer import ClassifierTrainer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+CUDA = torch.device("cuda")
 
 
 # ------------------------------------------------------------------ the choice (any machine)
-@pytest.mark.parametrize("option, device, extra, expected", [
-    ("auto", CUDA, {}, True),                                   # exp1: constant lr on a GPU
-    ("auto", CPU, {}, False),
-    ("auto", CUDA, {"lr_schedule": "linear_warmup_decay"}, False),  # exp2's schedule
-    ("auto", CUDA, {"compile": "reduce-overhead"}, False),
-    ("off", CUDA, {}, False),
-    ("on", CUDA, {}, True),
+@pytest.mark.parametrize("option, device, schedule, expected", [
+    ("auto", "cuda", "none", True),                  # exp1: constant lr on a GPU
+    ("auto", "cpu", "none", False),
+    ("auto", "cuda", "linear_warmup_decay", False),  # exp2's schedule
+    ("off", "cuda", "none", False),
+    ("on", "cuda", "none", True),
 ])
-def test_use_cuda_graph(option, device, extra, expected):
-    assert use_cuda_graph(Settings.from_kw({"cuda_graphs": option, **extra}), device) is expected
+def test_execution_policy_chooses_cuda_graphs(option, device, schedule, expected):
+    assert ExecutionPolicy.decide(device, cuda_graphs=option, lr_schedule=schedule).cuda_graphs is expected
 
 
-@pytest.mark.parametrize("device, extra, message", [
-    (CPU, {}, r"device 'cpu' is not CUDA"),
-    (CUDA, {"lr_schedule": "cosine"}, r"lr_schedule='cosine' changes the lr"),
-    (CUDA, {"compile": True}, r"compile=True captures graphs itself"),
+@pytest.mark.parametrize("device, schedule, message", [
+    ("cpu", "none", r"device 'cpu' is not CUDA"),
+    ("cuda", "cosine", r"lr_schedule='cosine' changes the lr"),
 ])
-def test_cuda_graphs_on_refused_where_it_cannot_work(device, extra, message):
+def test_cuda_graphs_on_refused_where_it_cannot_work(device, schedule, message):
     with pytest.raises(ValueError, match=r"cuda_graphs='on' cannot work here: .*" + message):
-        use_cuda_graph(Settings.from_kw({"cuda_graphs": "on", **extra}), device)
+        ExecutionPolicy.decide(device, cuda_graphs="on", lr_schedule=schedule)
+
+
+def test_execution_policy_decides_precision_and_layout_from_the_device():
+    cpu = ExecutionPolicy.decide("cpu")
+    assert cpu.amp_dtype is None and cpu.channels_last and not cpu.cuda_graphs and not cpu.cudnn_benchmark
+    cuda = ExecutionPolicy.decide("cuda", amp="fp16", channels_last="off")
+    assert cuda.amp_dtype is torch.float16 and not cuda.channels_last and cuda.cudnn_benchmark
+    assert ExecutionPolicy.decide("cuda").amp_dtype is torch.bfloat16
 
 
 def test_cuda_graphs_bad_value():
     with pytest.raises(ValueError, match=r"cuda_graphs must be one of \['auto', 'on', 'off'\], got 'yes'"):
-        Settings.from_kw({"cuda_graphs": "yes"})
+        plan_run(dict(run_name="exp1_1", cuda_graphs="yes"))
 
 
 def test_cuda_graphs_is_not_part_of_the_config_hash():
-    assert "cuda_graphs" not in Settings.from_kw({"cuda_graphs": "off"}).identity()
+    recipe, options = plan_run(dict(run_name="exp1_1", seed=1, batches=None, cuda_graphs="off"))
+    assert options.cuda_graphs == "off" and "cuda_graphs" not in recipe.identity()
+    assert recipe.config_hash() == plan_run(dict(run_name="exp1_1", seed=1, batches=None))[0].config_hash()
 
 
 def test_cnn_experiment_refuses_on_before_reading_data(tmp_path):

@@ -126,30 +126,24 @@ def test_norm_weight_decay_gives_the_learnt_bn_scales_their_own_decay():
 
 def _config_hash_of(kwargs, **extra):
     """The config hash cnn_experiment tags a run of these cnn_experiment kwargs with."""
-    import inspect
+    from training.cnn.experiment import plan_run
 
-    from training.cnn.experiment import Settings, cnn_experiment, configuration_hash
-
-    bound = inspect.signature(cnn_experiment).bind(**kwargs)
-    bound.apply_defaults()
-    args = dict(bound.arguments)
-    kw = {**args.pop("kw"), **extra}
-    args["bs_test"] = args["bs_test"] or max(args["bs_train"] // 4, 1)  # as cnn_experiment fills it in
-    return configuration_hash({**args, "kw": kw}, Settings.from_kw(kw))
+    recipe, _ = plan_run({**kwargs, **extra})
+    return recipe.config_hash()
 
 
 def test_config_hash_of_logged_runs_stays_put_when_options_are_added():
     """Runs are found again (skipped when finished, resumed when interrupted) by their config
     hash, so an option added later must leave it alone at its default. The pinned values are the
     hashes of exp2's configured runs logged before norm_weight_decay existed."""
-    from training.cnn.experiment import Settings
+    from training.cnn.recipe import CifarRecipe
     from training.grids.expand import expand_grid, load_grid_config
 
     exp2 = {k["layers_per_block"]: k for k in expand_grid(load_grid_config("exp2"))}
     assert _config_hash_of(exp2[3]) == "e7e33e497811dd70" and _config_hash_of(exp2[6]) == "f732c1b9b94aea91"
     assert _config_hash_of(exp2[3], norm_weight_decay=0.0) != _config_hash_of(exp2[3])  # set: another experiment
-    assert "norm_weight_decay" not in Settings().identity()
-    assert Settings(norm_weight_decay=0.0).identity()["norm_weight_decay"] == 0.0
+    assert "norm_weight_decay" not in CifarRecipe("exp2").identity()
+    assert CifarRecipe("exp2", norm_weight_decay=0.0).identity()["norm_weight_decay"] == 0.0
 
 
 @pytest.mark.parametrize("grid, pinned", [

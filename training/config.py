@@ -11,11 +11,6 @@ import yaml
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"
 
-# torch.compile settings a CIFAR run accepts (Settings.compile, the CLI's --compile). Kept here, in a
-# torch-free module, so the CLI can offer them without importing torch at start-up.
-COMPILE_MODES = (False, True, "reduce-overhead", "max-autotune")
-
-
 def load_config(name_or_path: str) -> Dict[str, Any]:
     """Load `configs/<name>.yaml` (or a path to a YAML file) as a dict, with clear errors."""
     path = Path(name_or_path)

@@ -17,9 +17,9 @@ before any capture (and still runs once) and simply stays eager. A capture that 
 remedy, `cuda_graphs='off'`), not a fallback: a failed capture can leave the allocator and the
 RNG in capture mode for the rest of the process.
 
-Limits, each checked by the caller (ClassifierTrainer) before any work: CUDA only; a constant
-learning rate (a captured step replays the lr it was captured with, so no scheduler); no
-torch.compile (its reduce-overhead mode captures graphs itself). Adam/AdamW need
+Limits, each checked before any work (training.engine.execution.ExecutionPolicy chooses graphs
+only where they hold; ClassifierTrainer refuses the rest): CUDA only; a constant learning rate (a
+captured step replays the lr it was captured with, so no scheduler). Adam/AdamW need
 `capturable=True` (their step counter lives on the device); it is switched on here, before the
 first step, and checkpoints store it off so they load anywhere.
 """

@@ -1,0 +1,137 @@
+"""The run store of CIFAR-10 runs: where a recipe's run, checkpoint and results live.
+
+A rerun is safe: a configuration whose run already FINISHED (same config hash) is skipped, and
+an interrupted one continues its own MLflow run from the last saved epoch (model, optimizer,
+scheduler, RNG, loader, early-stopping counter), so its metric steps stay contiguous.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+from training.cnn.options import RunOptions
+from training.cnn.recipe import CifarRecipe
+from training.results import FitResult
+from training.results_io import save_experiment
+
+# The fit's "test" curves are on the validation split: MLflow names them for what they are.
+VALID_METRIC_NAMES = {"test_loss": "valid_loss", "test_acc": "valid_acc", "best_test_acc": "best_valid_acc"}
+
+
+def programme_config(recipe: CifarRecipe, options: RunOptions) -> Dict[str, Any]:
+    """The call as the programme's results file records it: its arguments, then `kw` (the
+    archlab options that differ from their defaults)."""
+    r, o = recipe, options
+    return dict(run_name=r.run_name, out_dir=o.out_dir, seed=r.seed, device=o.device, bs_train=r.bs_train,
+                bs_test=r.bs_test, batches=r.batches, epochs=r.epochs, early_stopping=r.early_stopping,
+                checkpoints=o.checkpoints, lr=r.lr, reg=r.reg, filters_per_layer=list(r.filters_per_layer),
+                layers_per_block=r.layers_per_block, pool_every=r.pool_every, hidden_dims=list(r.hidden_dims),
+                model_type=r.model_type, kw={**r.changed_settings(), **o.changed_kw()})
+
+
+def checkpoint_path(recipe: CifarRecipe, options: RunOptions) -> str:
+    """The best model's file (the training state sits beside it as `<path>.state`)."""
+    return options.checkpoints or os.path.join(options.checkpoint_dir, f"{recipe.name}-{recipe.config_hash()}.pt")
+
+
+def prior_runs(chash: str):
+    """Earlier runs of this exact configuration in the experiment this run will land in."""
+    import mlflow
+
+    from training.tracking import runs as tracking
+
+    exp_id = tracking.current_experiment_id()
+    return mlflow.search_runs(experiment_ids=[exp_id], filter_string=f"tags.`{tracking.HASH_TAG}` = '{chash}'",
+                              output_format="pandas", order_by=["attributes.start_time DESC"])
+
+
+def find_prior(recipe: CifarRecipe, options: RunOptions) -> Tuple[bool, Optional[str]]:
+    """(skip, resume_run_id): skip a configuration that already finished (or diverged); resume the
+    newest earlier run when its training state is still on disk. restart forgets both."""
+    state_base = checkpoint_path(recipe, options)
+    if options.restart:
+        for path in (state_base, f"{state_base}.state"):
+            if os.path.exists(path):
+                os.remove(path)
+        return False, None
+    if not options.tracking:
+        return False, None
+    from training.tracking import runs as tracking
+
+    chash = recipe.config_hash()
+    prior = prior_runs(chash)
+    done = prior[(prior["status"] == "FINISHED") | (prior.get(f"tags.{tracking.DIVERGED_TAG}") == "true")] \
+        if len(prior) else prior
+    if len(done):
+        print(f"*** Skipping {recipe.name}: already finished in run {done.run_id.iloc[0]} (same config hash "
+              f"{chash}); use restart to train it again")
+        return True, None
+    if len(prior) and os.path.isfile(f"{state_base}.state"):
+        return False, prior.run_id.iloc[0]
+    return False, None
+
+
+@contextlib.contextmanager
+def tracked_run(recipe: CifarRecipe, options: RunOptions, device: Any, resume_run_id: Optional[str]) -> Iterator[Any]:
+    """The configuration's MLflow run (a child when a grid's parent is active); a run that fails
+    with a non-finite loss is tagged diverged, so a rerun skips it."""
+    from training.tracking import runs as tracking
+    from training.trainer import NonFiniteLossError
+
+    tags = {tracking.ROLE_TAG: "child", tracking.HASH_TAG: recipe.config_hash(), "archlab.device": str(device),
+            **({tracking.GRID_TAG: options.grid} if options.grid else {})}
+    with tracking.open_run(recipe.name, tags=tags, run_id=resume_run_id) as run:
+        if resume_run_id:
+            print(f"*** Resuming MLflow run {resume_run_id} of {recipe.name}")
+        try:
+            yield run
+        except NonFiniteLossError as e:
+            tracking.mark_diverged(str(e))
+            raise
+
+
+def log_run_params(recipe: CifarRecipe, options: RunOptions, counts: Dict[str, int]) -> None:
+    """The call's arguments, every result-changing setting, split sizes, n_params and channels."""
+    from training.tracking import runs as tracking
+
+    cfg = programme_config(recipe, options)
+    cfg.pop("kw")
+    settings = {k: v for k, v in recipe.fields_logged().items() if k not in recipe.PROGRAMME_ARGS}
+    tracking.log_params({**cfg, **settings, **counts, "channels": recipe.channels})
+
+
+def epoch_logger():
+    """Logs each epoch's metrics (validation under its own name) once, even across resumes."""
+    from training.tracking import runs as tracking
+
+    return tracking.EpochLogger(prefix_map=VALID_METRIC_NAMES)
+
+
+def log_outcome(run: Any, recipe: CifarRecipe, options: RunOptions, fit: FitResult, final: Dict[str, Any],
+                history: list, execution: Dict[str, Any], example_input=None, model=None) -> str:
+    """Final metrics, execution tags, the results file, the checkpoint and (log_model) the model."""
+    import mlflow
+
+    from training.tracking import runs as tracking
+
+    # best_valid_acc is already a per-epoch metric: logging it again would duplicate its last step
+    tracking.log_metrics({k: v for k, v in final.items() if k != "best_valid_acc"}, step=fit.num_epochs)
+    mlflow.set_tags({f"archlab.{k}": v for k, v in execution.items() if k in ("cuda_graph", "cuda_graph_fallback")})
+    path = write_results(recipe, options, fit, final, epochs=history, execution=execution,
+                         mlflow_run_id=run.info.run_id)
+    mlflow.log_artifact(path, "results")
+    mlflow.log_artifact(checkpoint_path(recipe, options), "checkpoints")
+    if options.log_model and model is not None:
+        tracking.log_torch_model(model.float(), example_input)
+    return path
+
+
+def write_results(recipe: CifarRecipe, options: RunOptions, fit: FitResult, final: Dict[str, Any], **extra) -> str:
+    """The programme's results JSON (plus archlab's final test, epochs and execution report)."""
+    path = save_experiment(recipe.run_name, options.out_dir, programme_config(recipe, options), fit,
+                           extra={"final_test": final, **extra})
+    print(f"*** {recipe.name}: best valid_acc={final['best_valid_acc']:.2f}% (epoch {final['best_epoch']}), "
+          f"test_acc={final['test_acc']:.2f}%")
+    print(f"*** Output file {path} written")
+    return path
