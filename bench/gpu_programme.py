@@ -30,7 +30,8 @@ from typing import Any, Dict, List
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from training.experiments import experiment_name_of  # noqa: E402
-from training.grids.expand import GRIDS, expand_grid, heaviest_first, load_grid_config  # noqa: E402
+from training.grids.expand import GRIDS, expand_grid, load_grid_config  # noqa: E402
+from training.grids.parallel import heaviest_first  # noqa: E402
 
 SMOKE = dict(epochs=1, bs_train=32, options=dict(n_train=200, n_valid=50, allow_small=True))
 

@@ -126,9 +126,9 @@ def test_parallel_grid_diverged_configuration_fails_tagged_and_the_other_finishe
                                               data_dir=str(fake_cifar10),
                                               checkpoint_dir=str(tmp_path / "checkpoints"))))
     runs[0].update(lr=1e12, optimizer="sgd", momentum=0.0)  # exp1_1_L1_K8 diverges in its first epoch
-    check_grid(runs)
+    planned = check_grid(runs)
 
-    outcome = run_grid_parallel(str(config), cfg, runs, workers=2)
+    outcome = run_grid_parallel(str(config), cfg, planned, workers=2)
     out = capfd.readouterr().out  # the workers print to the inherited stdout
     assert outcome["diverged"] == ["exp1_1_L1_K8"] and outcome["written"] == ["exp1_1_L2_K8"], outcome
     assert "2 configurations in 2 worker processes" in out and "starting a private MLflow server" in out
@@ -152,6 +152,6 @@ def test_parallel_grid_diverged_configuration_fails_tagged_and_the_other_finishe
     # a rerun skips both (the diverged one is not retried blindly): the workers' own task, here in-process
     # (a second pool and private server would double the test's time)
     with grid_parent_run(str(config), cfg, runs) as parent:
-        again = [train_configuration(str(config), parent.info.run_id, parent.info.experiment_id, kw) for kw in runs]
+        again = [train_configuration(str(config), parent.info.run_id, parent.info.experiment_id, p) for p in planned]
     assert again == [("exp1_1_L1_K8", "skipped"), ("exp1_1_L2_K8", "skipped")], again
     assert len(tracking.find_runs(f"tags.grid = '{config}' and tags.`archlab.role` = 'child'")) == 2

@@ -7,12 +7,11 @@ configuration a child (skipping finished ones, resuming interrupted ones).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from training.config import load_config
+from training.grids.parent import Planned, grid_parent_run, print_summary, train_child
 
 GRIDS = ("test_run", "exp1_1", "exp1_2", "exp1_3", "exp1_4", "exp2")
 RUN_KEYS = ("seed", "bs_train", "bs_test", "batches", "epochs", "early_stopping", "lr", "reg", "hidden_dims",
@@ -74,92 +73,34 @@ def expand_grid(cfg: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] =
     return runs
 
 
-def heaviest_first(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Longest-processing-time-first order, so that parallel workers finish together instead of one
-    training the longest configuration alone at the end: exp2, then ResNets, then plain nets,
-    deeper and wider first (a rough cost: layers x widest K); ties keep the programme's order."""
-    rank = {"ycn": 0, "resnet": 1, "cnn": 2}
-    return sorted(runs, key=lambda r: (rank.get(r["model_type"], 3),
-                                       -len(r["filters_per_layer"]) * r["layers_per_block"] * max(r["filters_per_layer"])))
-
-
-def check_grid(runs: List[Dict[str, Any]]) -> None:
+def check_grid(runs: List[Dict[str, Any]]) -> List[Planned]:
     """Validate every configuration (arguments, options, model shapes, data present) before the
-    first one trains or any worker starts: cnn_experiment's own checks, in dry-run mode."""
+    first one trains or any worker starts, and return each as a (recipe, options) pair to train:
+    cnn_experiment's own checks, with the layers built on the meta device."""
     import torch
 
+    from training.cnn.experiment import decide_policy, dry_run, plan_run
     from training.data.cifar import load_cifar10, split_indices
-    from training.cnn.experiment import cnn_experiment
 
+    planned = []
     rng = torch.get_rng_state()
     try:
         for kwargs in runs:
-            cnn_experiment(**{**kwargs, "dry_run": True})
+            recipe, options = plan_run(kwargs)
+            decide_policy(recipe, options)  # cuda_graphs='on' where it cannot work is refused here
+            dry_run(recipe, options)
+            planned.append((recipe, options))
     finally:
         torch.set_rng_state(rng)
     # the data itself: every file readable and valid, and each split fits (else the grid's parent
     # run would open, and fail, before the first configuration found out)
     n_available = {}
-    for kwargs in runs:
-        key = (kwargs.get("data_dir"), bool(kwargs.get("download")))
+    for recipe, options in planned:
+        key = (options.data_dir, bool(options.download))
         if key not in n_available:
             n_available[key] = len(load_cifar10(*key).train_y)
-        split_indices(n_available[key], kwargs.get("n_train"), kwargs.get("n_valid", 5000), seed=0)
-
-
-@contextlib.contextmanager
-def grid_parent_run(name: str, cfg: Mapping[str, Any], runs: List[Dict[str, Any]]) -> Iterator[Any]:
-    """The grid's parent run, with its params logged; children nest under it.
-
-    A rerun after a grid died (its parent ended FAILED or KILLED) continues that parent when it
-    describes the same grid (same params), so resumed and new children share one parent and the
-    grid ends as one FINISHED run; the old error moves to `archlab.previous_error`. Anything
-    else (a finished grid, a changed config, a live RUNNING parent) gets a new parent.
-    """
-    import mlflow
-
-    from training.tracking import runs as tracking
-
-    params = {"grid": cfg["grid"], "model_type": cfg["model_type"], "run_name": cfg["run_name"]}
-    earlier = _continuable_parent(name, params)
-    resume_id = earlier["run_id"] if earlier is not None else None
-    tags = {tracking.GRID_TAG: name, tracking.ROLE_TAG: "parent", "archlab.n_configurations": str(len(runs))}
-    with tracking.open_run(name, tags=tags, run_id=resume_id) as run:
-        if earlier is not None:
-            error = earlier.get("tags.archlab.error")
-            if isinstance(error, str):
-                mlflow.set_tag("archlab.previous_error", error)
-                mlflow.MlflowClient().delete_tag(resume_id, "archlab.error")
-            print(f"*** Continuing the grid's earlier parent run {resume_id} (it ended {earlier['status']})")
-        tracking.log_params(params)
-        yield run
-
-
-def _continuable_parent(name: str, params: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
-    """The newest parent run of grid `name` in this experiment (its search_runs row) if it ended
-    FAILED or KILLED and its params equal `params`; None otherwise, and whenever the parent is not
-    archlab's to choose (inside an active run, or launched by `mlflow run`)."""
-    import mlflow
-
-    from training.tracking import runs as tracking
-
-    if mlflow.active_run() is not None or os.environ.get("MLFLOW_RUN_ID"):
-        return None
-    found = mlflow.search_runs([tracking.current_experiment_id()], output_format="pandas", max_results=1,
-                               filter_string=f"tags.{tracking.GRID_TAG} = '{name}' and "
-                                             f"tags.`{tracking.ROLE_TAG}` = 'parent'",
-                               order_by=["attributes.start_time DESC"])
-    if not len(found) or found["status"].iloc[0] not in ("FAILED", "KILLED"):
-        return None
-    logged = found.iloc[0]
-    if any(logged.get(f"params.{k}") != v for k, v in tracking.flatten_params(params).items()):
-        return None
-    return logged
-
-
-def print_summary(name: str, outcome: Mapping[str, List[str]]) -> None:
-    print(f"*** Grid {name}: {len(outcome['written'])} trained, {len(outcome['skipped'])} already done, "
-          f"{len(outcome['diverged'])} diverged")
+        split_indices(n_available[key], recipe.n_train, recipe.n_valid, seed=0)
+    return planned
 
 
 def select_runs(runs: List[Dict[str, Any]], only: Optional[Sequence[str]]) -> List[Dict[str, Any]]:
@@ -182,27 +123,15 @@ def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, workers: 
     workers > 1 (or a devices list): the configurations train in parallel worker processes
     (training.grids.parallel); otherwise one after the other in this process.
     only: train just these configurations (child run names); the rest stay as they are."""
-    from training.cnn.experiment import cnn_experiment
-    from training.experiments import experiment_name_of
-    from training.trainer import NonFiniteLossError
-
     cfg = load_grid_config(name)
-    runs = select_runs(expand_grid(cfg, overrides), only)
-    check_grid(runs)
+    planned = check_grid(select_runs(expand_grid(cfg, overrides), only))
     if workers > 1 or devices:
         from training.grids.parallel import run_grid_parallel
 
-        return run_grid_parallel(name, cfg, runs, workers=workers, devices=devices)
+        return run_grid_parallel(name, cfg, planned, workers=workers, devices=devices)
     outcome = {"written": [], "skipped": [], "diverged": []}
-    with grid_parent_run(name, cfg, runs):
-        for kwargs in runs:
-            label = experiment_name_of(kwargs)
-            try:
-                path = cnn_experiment(grid=name, **kwargs)
-            except NonFiniteLossError as e:
-                print(f"*** {label} diverged ({e}); the run is FAILED with the reason as a tag. Continuing.")
-                outcome["diverged"].append(label)
-                continue
-            outcome["written" if path else "skipped"].append(label)
+    with grid_parent_run(name, cfg, planned):
+        for recipe, options in planned:
+            outcome[train_child(name, recipe, options)].append(recipe.name)
     print_summary(name, outcome)
     return outcome

@@ -33,11 +33,27 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from training.grids.parent import Planned, train_child
+
 _WORKER: Dict[str, Any] = {}  # per worker process: device, set once by _init_worker
 
 
 class WorkerDiedError(RuntimeError):
     """A worker process was killed (signal, out of memory): the grid stops; a rerun resumes."""
+
+
+def heaviest_first(runs: List[Any]) -> List[Any]:
+    """Longest-processing-time-first order, so that parallel workers finish together instead of one
+    training the longest configuration alone at the end: exp2, then ResNets, then plain nets,
+    deeper and wider first (a rough cost: layers x widest K); ties keep the programme's order.
+    runs: cnn_experiment kwargs dicts, or check_grid's (recipe, options) pairs."""
+    rank = {"ycn": 0, "resnet": 1, "cnn": 2}
+
+    def cost(run: Any) -> Tuple[int, int]:
+        r = run[0].__dict__ if isinstance(run, tuple) else run
+        return rank.get(r["model_type"], 3), -len(r["filters_per_layer"]) * r["layers_per_block"] * max(r["filters_per_layer"])
+
+    return sorted(runs, key=cost)
 
 
 def plan_devices(workers: int, devices: Optional[Sequence[str]]) -> List[Optional[str]]:
@@ -126,36 +142,29 @@ def _config_lock(checkpoint_dir: str, label: str) -> Iterator[bool]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def train_configuration(grid: str, parent_run_id: str, experiment_id: str, kwargs: Dict[str, Any]) -> Tuple[str, str]:
-    """Worker task: train one configuration as a child of `parent_run_id`.
-    Returns (label, "written" | "skipped" | "diverged" | "busy")."""
-    from training.experiments import experiment_name_of
+def train_configuration(grid: str, parent_run_id: str, experiment_id: str, planned: Planned) -> Tuple[str, str]:
+    """Worker task: train one configuration (check_grid's recipe and options) as a child of
+    `parent_run_id`. Returns (label, "written" | "skipped" | "diverged" | "busy")."""
+    import dataclasses
 
-    kwargs = dict(kwargs)
+    recipe, options = planned
     if _WORKER.get("device"):
-        kwargs["device"] = _WORKER["device"]
-    label = experiment_name_of(kwargs)
+        options = dataclasses.replace(options, device=_WORKER["device"])
+    label = recipe.name
     result: Dict[str, Any] = {}
 
     def body() -> None:
         import mlflow
 
-        from training.cnn.experiment import cnn_experiment
-        from training.trainer import NonFiniteLossError
-
         try:
-            with _config_lock(kwargs.get("checkpoint_dir", "checkpoints"), label) as mine:
+            with _config_lock(options.checkpoint_dir, label) as mine:
                 if not mine:
                     print(f"*** {label}: another process is training it right now; leaving it to that one")
                     result["status"] = "busy"
                     return
                 mlflow.set_experiment(experiment_id=experiment_id)
                 mlflow.start_run(run_id=parent_run_id)  # this thread's active run; never ended here
-                path = cnn_experiment(grid=grid, **kwargs)
-                result["status"] = "written" if path else "skipped"
-        except NonFiniteLossError as e:
-            print(f"*** {label} diverged ({e}); the run is FAILED with the reason as a tag. Continuing.")
-            result["status"] = "diverged"
+                result["status"] = train_child(grid, recipe, options)
         except BaseException as e:  # noqa: BLE001  (re-raised in the worker's main thread)
             result["error"] = e
             result["traceback"] = traceback.format_exc()
@@ -179,19 +188,19 @@ def train_configuration(grid: str, parent_run_id: str, experiment_id: str, kwarg
     return label, result["status"]
 
 
-def run_grid_parallel(name: str, cfg: Mapping[str, Any], runs: List[Dict[str, Any]], workers: int = 2,
+def run_grid_parallel(name: str, cfg: Mapping[str, Any], runs: List[Planned], workers: int = 2,
                       devices: Optional[Sequence[str]] = None) -> Dict[str, List[str]]:
-    """Run the (already validated) configurations `runs` of grid `name` in `workers` processes.
+    """Run the configurations `runs` of grid `name` (check_grid's recipe and options pairs) in
+    `workers` processes.
 
     On the first failure the configurations not yet started are cancelled, the running ones
     finish, and the error is raised (the parent run ends FAILED; a rerun resumes the rest)."""
     import multiprocessing
 
-    from training.experiments import experiment_name_of
-    from training.grids.expand import grid_parent_run, heaviest_first, print_summary
+    from training.grids.parent import grid_parent_run, print_summary
 
     runs = heaviest_first(runs)  # the workers then finish close together
-    labels = [experiment_name_of(kw) for kw in runs]
+    labels = [recipe.name for recipe, _ in runs]
     duplicates = sorted({lb for lb in labels if labels.count(lb) > 1})
     if duplicates:
         raise ValueError(f"grid {name!r} lists configurations {duplicates} more than once")
@@ -208,8 +217,8 @@ def run_grid_parallel(name: str, cfg: Mapping[str, Any], runs: List[Dict[str, An
         executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                                        initargs=(uri, device_slots, threads_per_worker(workers)))
         try:
-            futures = [executor.submit(train_configuration, name, parent.info.run_id, parent.info.experiment_id, kw)
-                       for kw in runs]
+            futures = [executor.submit(train_configuration, name, parent.info.run_id, parent.info.experiment_id, planned)
+                       for planned in runs]
             done, pending = wait(futures, return_when=FIRST_EXCEPTION)
             failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
             if failed:

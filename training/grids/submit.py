@@ -14,6 +14,7 @@ configuration *in* the project run, so every configuration is one child run of t
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -203,20 +204,7 @@ def submit_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, backen
     from training.experiments import experiment_name_of
     from training.grids.expand import expand_grid, grid_parent_run, load_grid_config, print_summary, select_runs
 
-    if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r} is not supported; valid: {list(BACKENDS)}")
-    kube_config = None
-    if backend == "kubernetes":
-        if backend_config is None:
-            raise ValueError("the kubernetes backend needs a backend config (e.g. "
-                             f"{str(KUBERNETES_PROJECT / 'backend-config.json')!r})")
-        kube_config = validate_kubernetes_config(backend_config)
-        project_uri = project_uri or KUBERNETES_PROJECT
-        check_docker_project(project_uri)
-    elif backend_config is not None:
-        raise ValueError(f"backend_config is only for the kubernetes backend, got {backend_config!r} for local")
-    project_uri = str(project_uri or PROJECT_ROOT)
-
+    kube_config, project_uri = _check_backend(backend, backend_config, project_uri)
     cfg = load_grid_config(name)
     runs = select_runs(expand_grid(cfg, overrides), only)
     names = [experiment_name_of(kwargs) for kwargs in runs]
@@ -271,6 +259,24 @@ def _run_id_by_name(parent_run_id: str, name: str) -> Optional[str]:
     return found[0].info.run_id if found else None
 
 
+def _check_backend(backend: str, backend_config: Union[None, str, os.PathLike, Mapping[str, Any]],
+                   project_uri: Union[None, str, os.PathLike]) -> tuple:
+    """(the Kubernetes config or None, the project to run) for `backend`, or a clear error."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is not supported; valid: {list(BACKENDS)}")
+    kube_config = None
+    if backend == "kubernetes":
+        if backend_config is None:
+            raise ValueError("the kubernetes backend needs a backend config (e.g. "
+                             f"{str(KUBERNETES_PROJECT / 'backend-config.json')!r})")
+        kube_config = validate_kubernetes_config(backend_config)
+        project_uri = project_uri or KUBERNETES_PROJECT
+        check_docker_project(project_uri)
+    elif backend_config is not None:
+        raise ValueError(f"backend_config is only for the kubernetes backend, got {backend_config!r} for local")
+    return kube_config, str(project_uri or PROJECT_ROOT)
+
+
 def train_configuration(grid: str, config_name: str, overrides: Optional[Mapping[str, Any]] = None) -> Optional[str]:
     """The `config` entry point: train configuration `config_name` of `grid` (cnn_experiment).
 
@@ -280,14 +286,14 @@ def train_configuration(grid: str, config_name: str, overrides: Optional[Mapping
     import mlflow
 
     from training.tracking import runs as tracking
-    from training.cnn.experiment import cnn_experiment
+    from training.cnn.experiment import decide_policy, run_recipe
     from training.grids.expand import check_grid, expand_grid, load_grid_config, select_runs
 
     project_run_id = os.environ.get("MLFLOW_RUN_ID")  # mlflow.start_run consumes it
     cfg = load_grid_config(grid)
-    runs = select_runs(expand_grid(cfg, overrides), [config_name])
-    check_grid(runs)
-    path = cnn_experiment(grid=grid, **runs[0])
+    ((recipe, options),) = check_grid(select_runs(expand_grid(cfg, overrides), [config_name]))
+    options = dataclasses.replace(options, grid=grid)
+    path = run_recipe(recipe, decide_policy(recipe, options), options)
     if project_run_id:
         client = mlflow.MlflowClient()
         if client.get_run(project_run_id).data.tags.get(tracking.ROLE_TAG) != "child":

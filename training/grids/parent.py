@@ -1,0 +1,88 @@
+"""A grid's MLflow parent run: opened (or continued after a crash) once, its children nest under it.
+
+Its own module so that both ways of training a grid (in this process, training.grids.expand;
+in worker processes, training.grids.parallel) share it without importing each other.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from training.cnn.options import RunOptions
+    from training.cnn.recipe import CifarRecipe
+
+Planned = Tuple["CifarRecipe", "RunOptions"]  # one validated configuration, ready to train (check_grid)
+
+
+@contextlib.contextmanager
+def grid_parent_run(name: str, cfg: Mapping[str, Any], runs: Sequence[Any]) -> Iterator[Any]:
+    """The grid's parent run, with its params logged; children nest under it.
+
+    A rerun after a grid died (its parent ended FAILED or KILLED) continues that parent when it
+    describes the same grid (same params), so resumed and new children share one parent and the
+    grid ends as one FINISHED run; the old error moves to `archlab.previous_error`. Anything
+    else (a finished grid, a changed config, a live RUNNING parent) gets a new parent.
+    """
+    import mlflow
+
+    from training.tracking import runs as tracking
+
+    params = {"grid": cfg["grid"], "model_type": cfg["model_type"], "run_name": cfg["run_name"]}
+    earlier = _continuable_parent(name, params)
+    resume_id = earlier["run_id"] if earlier is not None else None
+    tags = {tracking.GRID_TAG: name, tracking.ROLE_TAG: "parent", "archlab.n_configurations": str(len(runs))}
+    with tracking.open_run(name, tags=tags, run_id=resume_id) as run:
+        if earlier is not None:
+            error = earlier.get("tags.archlab.error")
+            if isinstance(error, str):
+                mlflow.set_tag("archlab.previous_error", error)
+                mlflow.MlflowClient().delete_tag(resume_id, "archlab.error")
+            print(f"*** Continuing the grid's earlier parent run {resume_id} (it ended {earlier['status']})")
+        tracking.log_params(params)
+        yield run
+
+
+def _continuable_parent(name: str, params: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
+    """The newest parent run of grid `name` in this experiment (its search_runs row) if it ended
+    FAILED or KILLED and its params equal `params`; None otherwise, and whenever the parent is not
+    archlab's to choose (inside an active run, or launched by `mlflow run`)."""
+    import mlflow
+
+    from training.tracking import runs as tracking
+
+    if mlflow.active_run() is not None or os.environ.get("MLFLOW_RUN_ID"):
+        return None
+    found = mlflow.search_runs([tracking.current_experiment_id()], output_format="pandas", max_results=1,
+                               filter_string=f"tags.{tracking.GRID_TAG} = '{name}' and "
+                                             f"tags.`{tracking.ROLE_TAG}` = 'parent'",
+                               order_by=["attributes.start_time DESC"])
+    if not len(found) or found["status"].iloc[0] not in ("FAILED", "KILLED"):
+        return None
+    logged = found.iloc[0]
+    if any(logged.get(f"params.{k}") != v for k, v in tracking.flatten_params(params).items()):
+        return None
+    return logged
+
+
+def train_child(grid: str, recipe: "CifarRecipe", options: "RunOptions") -> str:
+    """Train one configuration as a child of the active parent run: "written" | "skipped" |
+    "diverged" (a non-finite loss fails only its own run, tagged with the reason)."""
+    import dataclasses
+
+    from training.cnn.experiment import decide_policy, run_recipe
+    from training.trainer import NonFiniteLossError
+
+    options = dataclasses.replace(options, grid=grid)
+    try:
+        path = run_recipe(recipe, decide_policy(recipe, options), options)
+    except NonFiniteLossError as e:
+        print(f"*** {recipe.name} diverged ({e}); the run is FAILED with the reason as a tag. Continuing.")
+        return "diverged"
+    return "written" if path else "skipped"
+
+
+def print_summary(name: str, outcome: Mapping[str, List[str]]) -> None:
+    print(f"*** Grid {name}: {len(outcome['written'])} trained, {len(outcome['skipped'])} already done, "
+          f"{len(outcome['diverged'])} diverged")
