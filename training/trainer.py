@@ -54,19 +54,9 @@ class Trainer(ABC):
             raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
         if early_stopping is not None and early_stopping < 1:
             raise ValueError(f"early_stopping must be None or >= 1, got {early_stopping}")
-        curves = dict(train_loss=[], train_acc=[], test_loss=[], test_acc=[])
-        history: list = []  # the per-epoch metrics dicts given to on_epoch_end
-        best_acc, epochs_without_improvement, start_epoch = None, 0, 0
         state_file = f"{checkpoints}.state" if checkpoints else None
-        if resume and state_file and os.path.isfile(state_file):
-            saved = self.load_training_state(state_file, dl_train)
-            curves, best_acc, history = saved["curves"], saved["best_acc"], saved.get("history", [])
-            epochs_without_improvement, start_epoch = saved["epochs_without_improvement"], saved["epoch"]
-            if print_every:
-                print(f"*** Resuming from {state_file} after epoch {start_epoch}")
-            if on_epoch_end is not None:
-                for metrics in history:
-                    on_epoch_end(metrics)
+        curves, best_acc, history, epochs_without_improvement, start_epoch = self._start_or_resume(
+            state_file if resume else None, dl_train, print_every, on_epoch_end)
 
         for epoch in range(start_epoch, num_epochs):
             if early_stopping is not None and epochs_without_improvement >= early_stopping:
@@ -108,6 +98,21 @@ class Trainer(ABC):
             if on_epoch_end is not None:
                 on_epoch_end(metrics)
         return FitResult(len(curves["train_acc"]), **curves)
+
+    def _start_or_resume(self, state_file: Optional[str], dl_train, print_every: int,
+                         on_epoch_end: Optional[EpochCallback]) -> tuple:
+        """(curves, best_acc, history, epochs_without_improvement, start_epoch): fresh, or from
+        `state_file` when it exists, its saved epochs replayed through on_epoch_end."""
+        if not (state_file and os.path.isfile(state_file)):
+            return dict(train_loss=[], train_acc=[], test_loss=[], test_acc=[]), None, [], 0, 0
+        saved = self.load_training_state(state_file, dl_train)
+        if print_every:
+            print(f"*** Resuming from {state_file} after epoch {saved['epoch']}")
+        history = saved.get("history", [])  # the per-epoch metrics dicts given to on_epoch_end
+        if on_epoch_end is not None:
+            for metrics in history:
+                on_epoch_end(metrics)
+        return saved["curves"], saved["best_acc"], history, saved["epochs_without_improvement"], saved["epoch"]
 
     def current_lr(self) -> Optional[float]:
         """Learning rate used by the coming epoch (None when the trainer has no optimizer)."""

@@ -45,8 +45,9 @@ def _pool_every(cfg: Mapping[str, Any], K: List[int], L: int) -> int:
     if rule != "auto":
         return int(rule)
     from models.cnn import min_valid_pool_every
+    from training.cnn.recipe import CifarRecipe
 
-    channels = [k for k in K for _ in range(L)]
+    channels = CifarRecipe(cfg["run_name"], filters_per_layer=K, layers_per_block=L).channels
     return min_valid_pool_every((3, 32, 32), channels, dict(kernel_size=3, stride=1, padding=1), dict(kernel_size=2))
 
 
