@@ -3,6 +3,9 @@
 Conventions (the analysis relies on them):
 - every grid is one *parent* run tagged `grid=<name>`, `archlab.role=parent`; each configuration
   is a nested *child* run tagged `grid=<name>`, `archlab.role=child`, `archlab.config_hash=<hash>`;
+- a configuration run with several seeds has one child per seed (param `seed`; names from
+  `seed_run_name`), all tagged `archlab.config=<programme name>`; children also carry the data they
+  saw (`archlab.data_digest/_source/_kind`) and `archlab.smoke=true` when below the programme's size;
 - per-epoch metrics are logged with one `log_batch` call per epoch at `step = epoch` (1-based);
 - the default store is MLflow's own default, `sqlite:///mlflow.db` in the working directory.
 """
@@ -25,7 +28,23 @@ ROLE_TAG = "archlab.role"
 HASH_TAG = "archlab.config_hash"
 GRID_TAG = "grid"
 DIVERGED_TAG = "archlab.diverged"
+# Seeds, data and size (issue #16): the contract between the training side and analysis/.
+# Every child logs param `seed`; the first seed keeps the programme's run name, further seeds are
+# `<name>_s<seed>` (seed_run_name); CONFIG_TAG holds the name without the seed suffix.
+SEED_PARAM = "seed"
+CONFIG_TAG = "archlab.config"
+DATA_DIGEST_TAG = "archlab.data_digest"   # hex digest of the arrays a run trained and was judged on
+DATA_SOURCE_TAG = "archlab.data_source"   # the data folder (Part 1: the generator's params and seed)
+DATA_KIND_TAG = "archlab.data_kind"       # one of DATA_KINDS
+DATA_KINDS = ("lossless", "jpeg", "synthetic", "unknown")
+SMOKE_TAG = "archlab.smoke"               # "true": below the programme's size (allow_small, fewer epochs)
 MAX_PARAM_LENGTH = 6000
+
+
+def seed_run_name(name: str, seed: int, first: bool) -> str:
+    """The run name of one seed of configuration `name`: the programme's own name for the first
+    seed (its results file keeps its name too), `<name>_s<seed>` for every further seed."""
+    return name if first else f"{name}_s{seed}"
 
 
 def default_tracking_uri() -> str:
