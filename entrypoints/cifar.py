@@ -10,8 +10,8 @@ import sys
 
 import click
 
-from entrypoints.common import (auto_is_none, device_list, print_where, resolve_device, start, tracking_options,
-                                worker_count, zero_is_none)
+from entrypoints.common import (auto_is_none, device_list, print_where, resolve_device, seeds_option, start,
+                                tracking_options, worker_count, zero_is_none)
 from training.grids.expand import GRIDS
 
 
@@ -78,11 +78,12 @@ def one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, 
                    "(overrides --device).")
 @click.option("--only", default=None, callback=name_list,
               help="Comma-separated configurations to train (child run names, e.g. exp2_L3_K32-64-128); default all.")
+@seeds_option
 @tracking_options
 def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, device, out_dir, checkpoint_dir,
-         restart, allow_small, cuda_graphs, download, workers, devices, only, tracking_uri,
+         restart, allow_small, cuda_graphs, download, workers, devices, only, seeds, tracking_uri,
          experiment):
-    """Run (or continue) experiment grid NAME: a parent run with one child run per configuration."""
+    """Run (or continue) experiment grid NAME: a parent run with one child run per (configuration, seed)."""
     from training.grids.expand import run_grid
     from training.grids.parallel import WorkerDiedError
 
@@ -94,7 +95,7 @@ def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, device, ou
         overrides["options"]["download"] = True
     uri = start(tracking_uri, experiment)
     try:
-        run_grid(name, overrides, workers=workers, devices=devices, only=only)
+        run_grid(name, overrides, workers=workers, devices=devices, only=only, seeds=seeds)
     except (ValueError, FileNotFoundError) as e:
         raise click.UsageError(str(e)) from None
     except WorkerDiedError as e:  # says which configurations stopped and how to resume them
@@ -166,6 +167,9 @@ def run_exp_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", "-n", type=str, required=True, help="Name of run and output file")
     p.add_argument("--out-dir", "-o", type=str, default="./results", help="Output folder")
     p.add_argument("--seed", "-s", type=int, default=None, help="Random seed")
+    p.add_argument("--seeds", type=str, default=None,
+                   help="Comma-separated seeds (instead of --seed): one run per seed, the first under its own "
+                        "name, the others as <name>_s<seed>")
     p.add_argument("--device", "-d", type=str, default=None, help="Device (default: cuda if available)")
     p.add_argument("--bs-train", type=int, default=128, help="Train batch size")
     p.add_argument("--bs-test", type=int, default=None, help="Test batch size")
@@ -202,22 +206,41 @@ def run_exp_parser() -> argparse.ArgumentParser:
 def run_exp(ctx):
     """One configuration, with the programme's options (-n -K -L -P -H -M ...; --help for all)."""
     args = run_exp_parser().parse_args(ctx.args)
-    from training.cnn.experiment import cnn_experiment
+    from training.cnn.experiment import cnn_experiment, plan_run
 
+    seeds = run_exp_seeds(args.seed, args.seeds)
     device = resolve_device(args.device) if args.device else None
-    uri = start(args.tracking_uri, args.experiment)
     kw = dict(data_dir=args.data_dir, download=args.download, n_train=args.n_train, n_valid=args.n_valid,
               augment=args.augment, optimizer=args.optimizer, restart=args.restart, allow_small=args.allow_small)
+    call = dict(out_dir=args.out_dir, device=device, bs_train=args.bs_train, bs_test=args.bs_test,
+                batches=args.batches or None, epochs=args.epochs, early_stopping=args.early_stopping or None,
+                checkpoints=args.checkpoints, lr=args.lr, reg=args.reg, filters_per_layer=args.filters_per_layer,
+                layers_per_block=args.layers_per_block, pool_every=args.pool_every, hidden_dims=args.hidden_dims,
+                model_type=args.model_type, **kw)
     try:
-        cnn_experiment(args.run_name, out_dir=args.out_dir, seed=args.seed, device=device, bs_train=args.bs_train,
-                       bs_test=args.bs_test, batches=args.batches or None, epochs=args.epochs,
-                       early_stopping=args.early_stopping or None, checkpoints=args.checkpoints, lr=args.lr,
-                       reg=args.reg, filters_per_layer=args.filters_per_layer,
-                       layers_per_block=args.layers_per_block, pool_every=args.pool_every,
-                       hidden_dims=args.hidden_dims, model_type=args.model_type, **kw)
+        if len(seeds) > 1 and args.checkpoints:
+            raise ValueError("--checkpoints names one file: with several --seeds leave it out (each seed gets its own)")
+        for i, seed in enumerate(seeds):  # every seed's arguments checked before the first one trains
+            plan_run(dict(run_name=args.run_name, seed=seed, first_seed=i == 0, **call))
+        uri = start(args.tracking_uri, args.experiment)
+        for i, seed in enumerate(seeds):
+            cnn_experiment(args.run_name, seed=seed, first_seed=i == 0, **call)
     except (ValueError, FileNotFoundError) as e:
         raise click.UsageError(str(e)) from None
     print_where(uri)
+
+
+def run_exp_seeds(seed, seeds_text):
+    """run-exp's seeds: --seeds' list, else [--seed] (None: one drawn at random, the programme's way)."""
+    from training.grids.seeds import parse_seeds
+
+    try:
+        seeds = parse_seeds(seeds_text)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    if seeds and seed is not None:
+        raise click.UsageError("give --seed or --seeds, not both")
+    return seeds or [seed]
 
 
 if __name__ == "__main__":

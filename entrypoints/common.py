@@ -122,3 +122,21 @@ def zero_is_none(ctx, param, value):
 def auto_is_none(ctx, param, value):
     """"auto" or "" (MLproject's string defaults) mean "not given"."""
     return None if value in (None, "", "auto") else value
+
+
+def seed_list(ctx, param, value):
+    """--seeds '42,43' -> [42, 43]; '' or absent -> None (the config's seed); bad lists are usage errors."""
+    from training.grids.seeds import parse_seeds
+
+    try:
+        return parse_seeds(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def seeds_option(f):
+    """--seeds, the same on every entry point that trains."""
+    return click.option("--seeds", default=None, callback=seed_list,
+                        help="Comma-separated seeds, e.g. 42,43,44: each configuration trains once per seed, the "
+                             "first under its own name, the others as runs <name>_s<seed> (default: the config's "
+                             "seed).")(f)

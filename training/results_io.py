@@ -14,10 +14,12 @@ def experiment_name(run_name: str, filters_per_layer: Sequence[int], layers_per_
 
 
 def save_experiment(run_name: str, out_dir: str, cfg: Dict[str, Any], fit_res: FitResult,
-                    extra: Optional[Dict[str, Any]] = None) -> str:
+                    extra: Optional[Dict[str, Any]] = None, stem: Optional[str] = None) -> str:
     """Write `{"config": cfg, "results": fit_res._asdict()}` (plus archlab's extra top-level keys,
-    which load_experiment ignores) and return the path."""
-    path = os.path.join(out_dir, experiment_name(run_name, cfg["filters_per_layer"], cfg["layers_per_block"]) + ".json")
+    which load_experiment ignores) and return the path. stem: the file's name without .json
+    (default: the programme's; a further seed's run name keeps the first seed's file apart)."""
+    stem = stem or experiment_name(run_name, cfg["filters_per_layer"], cfg["layers_per_block"])
+    path = os.path.join(out_dir, stem + ".json")
     os.makedirs(out_dir, exist_ok=True)
     payload = {"config": cfg, "results": fit_res._asdict(), **(extra or {})}
     tmp = f"{path}.tmp{os.getpid()}"

@@ -53,7 +53,7 @@ def plan_run(call: Dict[str, Any]) -> Tuple[CifarRecipe, RunOptions]:
     unknown = sorted(set(call) - named - set(valid))
     if unknown:
         raise ValueError(f"unknown cnn_experiment options {unknown}; valid extra options: {valid}")
-    if not call.get("seed"):
+    if call.get("seed") is None:  # the programme draws one when none is given (0 is a seed: --seeds 0,1)
         call["seed"] = random.randint(0, 2**31)
     if call.get("bs_test") is None and "bs_train" in call:
         call["bs_test"] = max(call["bs_train"] // 4, 1)
@@ -84,27 +84,42 @@ def run_recipe(recipe: CifarRecipe, policy: ExecutionPolicy, options: RunOptions
                on_epoch_end: Optional[SessionHook] = None) -> Optional[str]:
     """Train `recipe` as `policy` says; returns the results file (None: skipped, already done).
 
-    on_epoch_end(metrics, session): called after each epoch, before the metrics are recorded and
-    logged (benchmarks add their own per-epoch measurements here)."""
+    The data is read first: its digest is part of the recipe's identity, so the skip/resume
+    decision is per (configuration, seed, data). on_epoch_end(metrics, session): called after each
+    epoch, before the metrics are recorded and logged (benchmarks add their own measurements)."""
+    from training.data.cifar import cifar10_splits
+
     torch.manual_seed(recipe.seed)
     model = recipe.build_model()  # shape errors (maps shrinking below 1x1) surface here
+    data = cifar10_splits(options.data_dir, recipe.n_train, recipe.n_valid, recipe.split_seed, options.download)
+    record = data[3]
+    recipe = recipe.with_(data_digest=record.digest)
     skip, resume_run_id = store.find_prior(recipe, options)
     if skip:
         return None
-    print(f"*** Starting cnn_experiment {recipe.name} with config: {store.programme_config(recipe, options)}")
+    store.check_resume_data(recipe, options)
+    print(f"*** Starting cnn_experiment {store.run_name(recipe, options)} with config: "
+          f"{store.programme_config(recipe, options)} on {record.kind} data {record.digest[:12]} ({record.source})")
     policy.apply()
-    session = TrainingSession.prepare(recipe, policy, model, options.data_dir, options.download)
+    session = TrainingSession.prepare(recipe, policy, model, data=data)
     checkpoint = store.checkpoint_path(recipe, options)
     train = dict(checkpoint=checkpoint, print_every=options.print_every, resume=not options.restart,
                  on_epoch_end=on_epoch_end)
     if not options.tracking:  # runs without MLflow installed (e.g. a bare GPU box)
         fit, final, history = session.train_and_test(**train)
-        return store.write_results(recipe, options, fit, final, epochs=history, execution=session.graph_report())
-    with store.tracked_run(recipe, options, policy.device, resume_run_id) as run:
+        return store.write_results(recipe, options, fit, final, epochs=history, execution=session.graph_report(),
+                                   data=record.summary())
+    from training.tracking.runs import SMOKE_TAG
+
+    smoke = store.is_smoke(recipe, options, session.dl_train.images_per_epoch(recipe.batches),
+                           len(session.dl_valid.dataset))
+    tags = {**record.tags(), SMOKE_TAG: "true" if smoke else "false"}
+    with store.tracked_run(recipe, options, policy.device, resume_run_id, tags) as run:
         store.log_run_params(recipe, options, dict(
             n_train=len(session.dl_train.dataset), n_valid=len(session.dl_valid.dataset),
             n_test=len(session.dl_test.dataset), n_params=session.n_params))
+        record.log()
         fit, final, history = session.train_and_test(**train, logger=store.epoch_logger())
         example = next(iter(session.dl_test))[0][:1].float().cpu().contiguous().numpy() if options.log_model else None
         return store.log_outcome(run, recipe, options, fit, final, history, session.graph_report(),
-                                 example_input=example, model=session.model)
+                                 example_input=example, model=session.model, data=record.summary())

@@ -32,6 +32,7 @@ class RunOptions:
     log_model: bool = True
     print_every: int = 1
     dry_run: bool = False              # validate everything (and find the data), train nothing
+    first_seed: bool = True            # False: a further seed, its run and results file named <name>_s<seed>
 
     PROGRAMME_ARGS = ("out_dir", "device", "checkpoints")  # cnn_experiment's own arguments, not **kw
 

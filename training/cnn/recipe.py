@@ -68,6 +68,8 @@ class CifarRecipe:
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     whiten_images: int = 5000          # training images that set a data-dependent init (YourCNN stem: whiten)
     valid_tta: bool = False            # test-time augmentation on the per-epoch validation too (else final test only)
+    # the data: set by run_recipe from the arrays loaded (training.data.provenance), never by a caller
+    data_digest: Optional[str] = None
 
     PROGRAMME_ARGS: ClassVar[Tuple[str, ...]] = (
         "run_name", "seed", "bs_train", "bs_test", "batches", "epochs", "early_stopping", "lr", "reg",
@@ -75,19 +77,21 @@ class CifarRecipe:
     # Fields added after runs were logged: at this value they stay out of the hash, so the runs
     # logged before them still match (skip when finished, resume when interrupted). Adding such a
     # field is the field plus one entry here.
-    HASHED_ONLY_WHEN_SET: ClassVar[Dict[str, Any]] = {"norm_weight_decay": None}
+    HASHED_ONLY_WHEN_SET: ClassVar[Dict[str, Any]] = {"norm_weight_decay": None, "data_digest": None}
+    # Fields that are not settings: filled in from the data, recorded as tags and dataset inputs.
+    FROM_DATA: ClassVar[Tuple[str, ...]] = ("data_digest",)
 
     # ------------------------------------------------------------------------------ building
     @classmethod
     def settings_names(cls) -> List[str]:
         """archlab's settings: the recipe fields a caller gives through cnn_experiment's **kw."""
-        return [f.name for f in fields(cls) if f.name not in cls.PROGRAMME_ARGS]
+        return [f.name for f in fields(cls) if f.name not in cls.PROGRAMME_ARGS + cls.FROM_DATA]
 
     def changed_settings(self) -> Dict[str, Any]:
         """The settings that differ from their defaults (what a caller had to give)."""
         out = {}
         for f in fields(self):
-            if f.name in self.PROGRAMME_ARGS:
+            if f.name in self.PROGRAMME_ARGS + self.FROM_DATA:
                 continue
             default = f.default_factory() if f.default_factory is not MISSING else f.default
             if getattr(self, f.name) != default:
@@ -114,7 +118,9 @@ class CifarRecipe:
                 if not (k in self.HASHED_ONLY_WHEN_SET and v == self.HASHED_ONLY_WHEN_SET[k])}
 
     def identity(self) -> Dict[str, Any]:
-        """What makes two runs the same experiment: every field (the run name through `name`)."""
+        """What makes two runs the same experiment: every field (the run name through `name`), the
+        data digest included once known. Runs logged before the digest existed hash without it, so
+        no run on recorded data ever matches them (skip or resume): they are not known to be equal."""
         out = self.fields_logged()
         out.pop("run_name")
         return {**out, "name": self.name}

@@ -35,16 +35,19 @@ class TrainingSession:
 
     @classmethod
     def prepare(cls, recipe: CifarRecipe, policy: ExecutionPolicy, model: torch.nn.Module,
-                data_dir: Optional[str] = None, download: bool = False) -> "TrainingSession":
-        """Loaders on the device, the model there (data-dependent init done), optimiser, trainer."""
+                data_dir: Optional[str] = None, download: bool = False, data: Optional[tuple] = None,
+                ) -> "TrainingSession":
+        """Loaders on the device, the model there (data-dependent init done), optimiser, trainer.
+        data: (train, valid, test, record) as cifar10_splits returns it (default: read from data_dir)."""
         from models.cnn import tta_of
-        from training.data.cifar import cifar10_loaders
+        from training.data.cifar import check_programme_minimum, cifar10_splits, split_loaders
 
         r, dev = recipe, policy.device
-        dl_train, dl_valid, dl_test = cifar10_loaders(
-            data_dir, dev, r.n_train, r.n_valid, r.bs_train, r.bs_test, r.augment, r.seed,
-            channels_last=policy.channels_last, download=download, allow_small=r.allow_small,
-            split_seed=r.split_seed, crop_padding=r.crop_padding)
+        train, valid, test, record = data or cifar10_splits(data_dir, r.n_train, r.n_valid, r.split_seed, download)
+        check_programme_minimum(len(train.y), len(valid.y), r.allow_small)
+        dl_train, dl_valid, dl_test = split_loaders(train, valid, test, dev, r.bs_train, r.bs_test, r.augment, r.seed,
+                                                    channels_last=policy.channels_last, crop_padding=r.crop_padding)
+        dl_train.data_digest = record.digest  # kept in the training state: resume checks it
         dl_train_epoch = BatchLimit(dl_train, r.batches)
         model = model.to(dev, memory_format=policy.memory_format)
         for module in model.modules():  # data-dependent init (YourCNN's whitening stem), before any snapshot

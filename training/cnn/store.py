@@ -30,6 +30,44 @@ def programme_config(recipe: CifarRecipe, options: RunOptions) -> Dict[str, Any]
                 model_type=r.model_type, kw={**r.changed_settings(), **o.changed_kw()})
 
 
+def run_name(recipe: CifarRecipe, options: RunOptions) -> str:
+    """The run's name: the programme's for the first seed, `<name>_s<seed>` for further seeds."""
+    from training.tracking.runs import seed_run_name
+
+    return seed_run_name(recipe.name, recipe.seed, options.first_seed)
+
+
+def programme_epochs(grid: Optional[str]) -> Optional[int]:
+    """The epochs grid `grid`'s config trains (None: not a grid of ours)."""
+    from training.grids.expand import GRIDS, load_grid_config
+
+    return int(load_grid_config(grid)["epochs"]) if grid in GRIDS else None
+
+
+def is_smoke(recipe: CifarRecipe, options: RunOptions, train_images_per_epoch: int, n_valid: int) -> bool:
+    """Below the programme's size: fewer images per epoch than its minimum (what allow_small
+    permits) or fewer epochs than the grid's config trains."""
+    from training.data.cifar import MIN_TRAIN_IMAGES, MIN_VALID_IMAGES
+
+    if train_images_per_epoch < MIN_TRAIN_IMAGES or n_valid < MIN_VALID_IMAGES:
+        return True
+    full = programme_epochs(options.grid or recipe.run_name)
+    return full is not None and recipe.epochs < full
+
+
+def check_resume_data(recipe: CifarRecipe, options: RunOptions) -> None:
+    """Before any run opens: a training state left by a run on other data (or saved before data
+    digests were recorded) is never continued; a one-line error names both digests."""
+    from training.data.cifar import check_same_data
+    from training.trainer import load_checkpoint
+
+    state_file = f"{checkpoint_path(recipe, options)}.state"
+    if options.restart or not os.path.isfile(state_file):
+        return
+    saved = (load_checkpoint(state_file).get("loader") or {}).get("data_digest")
+    check_same_data(saved or "(not recorded)", recipe.data_digest, what=f"the training state {state_file}")
+
+
 def checkpoint_path(recipe: CifarRecipe, options: RunOptions) -> str:
     """The best model's file (the training state sits beside it as `<path>.state`)."""
     return options.checkpoints or os.path.join(options.checkpoint_dir, f"{recipe.name}-{recipe.config_hash()}.pt")
@@ -64,8 +102,8 @@ def find_prior(recipe: CifarRecipe, options: RunOptions) -> Tuple[bool, Optional
     done = prior[(prior["status"] == "FINISHED") | (prior.get(f"tags.{tracking.DIVERGED_TAG}") == "true")] \
         if len(prior) else prior
     if len(done):
-        print(f"*** Skipping {recipe.name}: already finished in run {done.run_id.iloc[0]} (same config hash "
-              f"{chash}); use restart to train it again")
+        print(f"*** Skipping {run_name(recipe, options)}: already finished in run {done.run_id.iloc[0]} (same "
+              f"config hash {chash}, same data); use restart to train it again")
         return True, None
     if len(prior) and os.path.isfile(f"{state_base}.state"):
         return False, prior.run_id.iloc[0]
@@ -73,17 +111,19 @@ def find_prior(recipe: CifarRecipe, options: RunOptions) -> Tuple[bool, Optional
 
 
 @contextlib.contextmanager
-def tracked_run(recipe: CifarRecipe, options: RunOptions, device: Any, resume_run_id: Optional[str]) -> Iterator[Any]:
+def tracked_run(recipe: CifarRecipe, options: RunOptions, device: Any, resume_run_id: Optional[str],
+                tags: Optional[Dict[str, str]] = None) -> Iterator[Any]:
     """The configuration's MLflow run (a child when a grid's parent is active); a run that fails
-    with a non-finite loss is tagged diverged, so a rerun skips it."""
+    with a non-finite loss is tagged diverged, so a rerun skips it. tags: the data and smoke tags."""
     from training.tracking import runs as tracking
     from training.trainer import NonFiniteLossError
 
     tags = {tracking.ROLE_TAG: "child", tracking.HASH_TAG: recipe.config_hash(), "archlab.device": str(device),
-            **({tracking.GRID_TAG: options.grid} if options.grid else {})}
-    with tracking.open_run(recipe.name, tags=tags, run_id=resume_run_id) as run:
+            tracking.CONFIG_TAG: recipe.name, **({tracking.GRID_TAG: options.grid} if options.grid else {}),
+            **(tags or {})}
+    with tracking.open_run(run_name(recipe, options), tags=tags, run_id=resume_run_id) as run:
         if resume_run_id:
-            print(f"*** Resuming MLflow run {resume_run_id} of {recipe.name}")
+            print(f"*** Resuming MLflow run {resume_run_id} of {run_name(recipe, options)}")
         try:
             yield run
         except NonFiniteLossError as e:
@@ -97,7 +137,8 @@ def log_run_params(recipe: CifarRecipe, options: RunOptions, counts: Dict[str, i
 
     cfg = programme_config(recipe, options)
     cfg.pop("kw")
-    settings = {k: v for k, v in recipe.fields_logged().items() if k not in recipe.PROGRAMME_ARGS}
+    settings = {k: v for k, v in recipe.fields_logged().items()
+                if k not in recipe.PROGRAMME_ARGS + recipe.FROM_DATA}  # the data: tags and dataset inputs
     tracking.log_params({**cfg, **settings, **counts, "channels": recipe.channels})
 
 
@@ -109,7 +150,8 @@ def epoch_logger():
 
 
 def log_outcome(run: Any, recipe: CifarRecipe, options: RunOptions, fit: FitResult, final: Dict[str, Any],
-                history: list, execution: Dict[str, Any], example_input=None, model=None) -> str:
+                history: list, execution: Dict[str, Any], example_input=None, model=None,
+                data: Optional[Dict[str, str]] = None) -> str:
     """Final metrics, execution tags, the results file, the checkpoint and (log_model) the model."""
     import mlflow
 
@@ -119,7 +161,7 @@ def log_outcome(run: Any, recipe: CifarRecipe, options: RunOptions, fit: FitResu
     tracking.log_metrics({k: v for k, v in final.items() if k != "best_valid_acc"}, step=fit.num_epochs)
     mlflow.set_tags({f"archlab.{k}": v for k, v in execution.items() if k in ("cuda_graph", "cuda_graph_fallback")})
     path = write_results(recipe, options, fit, final, epochs=history, execution=execution,
-                         mlflow_run_id=run.info.run_id)
+                         mlflow_run_id=run.info.run_id, data=data or {})
     mlflow.log_artifact(path, "results")
     mlflow.log_artifact(checkpoint_path(recipe, options), "checkpoints")
     if options.log_model and model is not None:
@@ -130,8 +172,8 @@ def log_outcome(run: Any, recipe: CifarRecipe, options: RunOptions, fit: FitResu
 def write_results(recipe: CifarRecipe, options: RunOptions, fit: FitResult, final: Dict[str, Any], **extra) -> str:
     """The programme's results JSON (plus archlab's final test, epochs and execution report)."""
     path = save_experiment(recipe.run_name, options.out_dir, programme_config(recipe, options), fit,
-                           extra={"final_test": final, **extra})
-    print(f"*** {recipe.name}: best valid_acc={final['best_valid_acc']:.2f}% (epoch {final['best_epoch']}), "
+                           extra={"final_test": final, **extra}, stem=run_name(recipe, options))
+    print(f"*** {run_name(recipe, options)}: best valid_acc={final['best_valid_acc']:.2f}% (epoch {final['best_epoch']}), "
           f"test_acc={final['test_acc']:.2f}%")
     print(f"*** Output file {path} written")
     return path

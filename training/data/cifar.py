@@ -12,6 +12,7 @@ global RNG and a resumed fit continues exactly the same sequence.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -336,6 +337,7 @@ class DeviceLoader:
         self._scale, self._shift = 1.0 / (255.0 * std_t), -mean_t / std_t
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = 0  # epochs started
+        self.data_digest: Optional[str] = None  # the run's data (provenance); kept in the state, checked on resume
 
     @property
     def num_images(self) -> int:
@@ -394,15 +396,24 @@ class DeviceLoader:
 
     def state_dict(self) -> Dict[str, Any]:
         """Generator state + epoch counter (tensors and ints only: loadable with weights_only=True)."""
-        return {"generator": self.generator.get_state(), "epoch": self.epoch, "num_images": self.num_images}
+        return {"generator": self.generator.get_state(), "epoch": self.epoch, "num_images": self.num_images,
+                "data_digest": self.data_digest}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Continue the exact shuffle/augmentation stream saved by state_dict()."""
         if state.get("num_images") != self.num_images:
             raise ValueError(f"loader state is for {state.get('num_images')} images, this loader has "
                              f"{self.num_images}: resuming with a different split would not be exact")
+        check_same_data(state.get("data_digest"), self.data_digest)
         self.generator.set_state(state["generator"])
         self.epoch = int(state["epoch"])
+
+
+def check_same_data(saved: Optional[str], current: Optional[str], what: str = "the training state") -> None:
+    """A run never continues on other data: one line naming both digests (None: not recorded)."""
+    if saved is not None and current is not None and saved != current:
+        raise ValueError(f"{what} was saved on data {saved}, but this data has digest {current}: the data folder "
+                         f"changed since the run started; point it back at the original data, or restart")
 
 
 def _check_loader_args(images, labels, batch_size, drop_last, crop_padding, pad_mode) -> None:
@@ -421,6 +432,36 @@ def _check_loader_args(images, labels, batch_size, drop_last, crop_padding, pad_
         raise ValueError(f"drop_last with {images.shape[0]} images < batch_size {batch_size} would yield no batches")
 
 
+# ==================================================================================== a run's data
+def cifar10_splits(data_dir: str | os.PathLike | None, n_train: Optional[int], n_valid: int, split_seed: int,
+                   download: bool = False):
+    """(train, valid, test, record): a run's three splits and their DataRecord (digests, source,
+    kind; training.data.provenance). Cached per folder contents and split, so the configurations
+    and seeds of a grid read and hash the pickles once per process."""
+    folder = require_cifar10(data_dir, download).resolve()
+    stamp = tuple((n, (folder / n).stat().st_mtime_ns, (folder / n).stat().st_size) for n in (*TRAIN_FILES, TEST_FILE))
+    return _cached_splits(str(folder), stamp, n_train, n_valid, split_seed)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_splits(folder: str, stamp: tuple, n_train: Optional[int], n_valid: int, split_seed: int):
+    from training.data.provenance import cifar_record
+
+    train, valid, test = make_splits(load_cifar10(folder), n_train, n_valid, split_seed)
+    return train, valid, test, cifar_record(folder, train, valid, test)
+
+
+def split_loaders(train: Split, valid: Split, test: Split, device: str | torch.device, bs_train: int, bs_test: int,
+                  augment: bool, seed: int, channels_last: bool = False, crop_padding: int = 4,
+                  ) -> Tuple[DeviceLoader, DeviceLoader, DeviceLoader]:
+    """(train, valid, test) DeviceLoaders over splits. Only train shuffles (drop_last, optional
+    augmentation, its stream drawn from `seed`); valid/test keep every image in order."""
+    common = dict(device=device, channels_last=channels_last)
+    dl_train = DeviceLoader(train.x, train.y, bs_train, shuffle=True, drop_last=True, augment=augment,
+                            crop_padding=crop_padding, seed=_derive_seed(seed, "train-loader"), **common)
+    return dl_train, DeviceLoader(valid.x, valid.y, bs_test, **common), DeviceLoader(test.x, test.y, bs_test, **common)
+
+
 # ==================================================================================== convenience
 def cifar10_loaders(data_dir: str | os.PathLike | None, device: str | torch.device, n_train: Optional[int],
                     n_valid: int, bs_train: int, bs_test: int, augment: bool, seed: int, channels_last: bool = False,
@@ -432,9 +473,4 @@ def cifar10_loaders(data_dir: str | os.PathLike | None, device: str | torch.devi
     arrays = load_cifar10(data_dir, download=download)
     train, valid, test = make_splits(arrays, n_train, n_valid, seed if split_seed is None else split_seed)
     check_programme_minimum(len(train.y), len(valid.y), allow_small)
-    common = dict(device=device, channels_last=channels_last)
-    dl_train = DeviceLoader(train.x, train.y, bs_train, shuffle=True, drop_last=True, augment=augment,
-                            crop_padding=crop_padding, seed=_derive_seed(seed, "train-loader"), **common)
-    dl_valid = DeviceLoader(valid.x, valid.y, bs_test, **common)
-    dl_test = DeviceLoader(test.x, test.y, bs_test, **common)
-    return dl_train, dl_valid, dl_test
+    return split_loaders(train, valid, test, device, bs_train, bs_test, augment, seed, channels_last, crop_padding)

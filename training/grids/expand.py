@@ -117,15 +117,27 @@ def select_runs(runs: List[Dict[str, Any]], only: Optional[Sequence[str]]) -> Li
     return [kwargs for kwargs, n in zip(runs, names) if n in only]
 
 
-def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, workers: int = 1,
-             devices: Optional[Sequence[str]] = None, only: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Run (or continue) grid `name` as one parent run with a child per configuration.
+def plan_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, only: Optional[Sequence[str]] = None,
+              seeds: Optional[Sequence[int]] = None) -> List[Planned]:
+    """Grid `name`'s (recipe, options) pairs, one per (configuration, seed), all checked."""
+    from training.grids.seeds import with_seeds
 
-    workers > 1 (or a devices list): the configurations train in parallel worker processes
-    (training.grids.parallel); otherwise one after the other in this process.
-    only: train just these configurations (child run names); the rest stay as they are."""
+    return check_grid(with_seeds(select_runs(expand_grid(load_grid_config(name), overrides), only), seeds))
+
+
+def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, workers: int = 1,
+             devices: Optional[Sequence[str]] = None, only: Optional[Sequence[str]] = None,
+             seeds: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    """Run (or continue) grid `name` as one parent run with a child per (configuration, seed).
+
+    workers > 1 (or a devices list): the (configuration, seed) pairs train in parallel worker
+    processes (training.grids.parallel); otherwise one after the other in this process.
+    only: train just these configurations (programme names); the rest stay as they are.
+    seeds: the seeds of every configuration (None: the config's seed)."""
+    from training.cnn.store import run_name
+
     cfg = load_grid_config(name)
-    planned = check_grid(select_runs(expand_grid(cfg, overrides), only))
+    planned = plan_grid(name, overrides, only, seeds)
     if workers > 1 or devices:
         from training.grids.parallel import run_grid_parallel
 
@@ -133,6 +145,6 @@ def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, workers: 
     outcome = {"written": [], "skipped": [], "diverged": []}
     with grid_parent_run(name, cfg, planned):
         for recipe, options in planned:
-            outcome[train_child(name, recipe, options)].append(recipe.name)
+            outcome[train_child(name, recipe, options)].append(run_name(recipe, options))
     print_summary(name, outcome)
     return outcome

@@ -33,6 +33,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from training.cnn.store import run_name
 from training.grids.parent import Planned, train_child
 
 _WORKER: Dict[str, Any] = {}  # per worker process: device, set once by _init_worker
@@ -150,7 +151,7 @@ def train_configuration(grid: str, parent_run_id: str, experiment_id: str, plann
     recipe, options = planned
     if _WORKER.get("device"):
         options = dataclasses.replace(options, device=_WORKER["device"])
-    label = recipe.name
+    label = run_name(recipe, options)  # one per (configuration, seed)
     result: Dict[str, Any] = {}
 
     def body() -> None:
@@ -200,7 +201,7 @@ def run_grid_parallel(name: str, cfg: Mapping[str, Any], runs: List[Planned], wo
     from training.grids.parent import grid_parent_run, print_summary
 
     runs = heaviest_first(runs)  # the workers then finish close together
-    labels = [recipe.name for recipe, _ in runs]
+    labels = [run_name(recipe, options) for recipe, options in runs]
     duplicates = sorted({lb for lb in labels if labels.count(lb) > 1})
     if duplicates:
         raise ValueError(f"grid {name!r} lists configurations {duplicates} more than once")

@@ -32,7 +32,9 @@ def grid_parent_run(name: str, cfg: Mapping[str, Any], runs: Sequence[Any]) -> I
     params = {"grid": cfg["grid"], "model_type": cfg["model_type"], "run_name": cfg["run_name"]}
     earlier = _continuable_parent(name, params)
     resume_id = earlier["run_id"] if earlier is not None else None
-    tags = {tracking.GRID_TAG: name, tracking.ROLE_TAG: "parent", "archlab.n_configurations": str(len(runs))}
+    seeds = list(dict.fromkeys(str(recipe.seed) for recipe, _ in runs)) if runs and isinstance(runs[0], tuple) else []
+    tags = {tracking.GRID_TAG: name, tracking.ROLE_TAG: "parent", "archlab.n_configurations": str(len(runs)),
+            **({"archlab.seeds": ",".join(seeds)} if seeds else {})}
     with tracking.open_run(name, tags=tags, run_id=resume_id) as run:
         if earlier is not None:
             error = earlier.get("tags.archlab.error")
