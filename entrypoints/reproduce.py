@@ -14,8 +14,8 @@ import time
 import click
 import torch
 
-from entrypoints.common import (auto_is_none, device_list, print_where, resolve_device, start, tracking_options,
-                                worker_count, zero_is_none)
+from entrypoints.common import (auto_is_none, device_list, print_where, resolve_device, seeds_option, start,
+                                tracking_options, worker_count, zero_is_none)
 from entrypoints.part1 import load_part1_config
 
 ALL_GRIDS = "test_run,exp1_1,exp1_2,exp1_3,exp1_4,exp2"
@@ -54,13 +54,14 @@ def _grid_list(ctx, param, value: str):
 @click.option("--cuda-graphs", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="CUDA-graphed training steps (see the grid command's --cuda-graphs).")
 @click.option("--out", default="reports", show_default=True, help="Where the report goes.")
+@seeds_option
 @tracking_options
 def cli(grids, allow_cpu, part1_config, epochs, bs_train, n_train, n_valid, allow_small, data_dir, download, device,
-        workers, devices, cuda_graphs, out, tracking_uri, experiment):
+        workers, devices, cuda_graphs, out, seeds, tracking_uri, experiment):
     """Part 1, the CIFAR-10 grids and the answers report, in one go."""
     from analysis.report import build_report, summary
     from training.tracking import runs as tracking
-    from training.grids.expand import check_grid, expand_grid, load_grid_config, run_grid
+    from training.grids.expand import plan_grid, run_grid
     from training.part1.runs import run_part1
 
     device = resolve_device(device)
@@ -79,7 +80,7 @@ def cli(grids, allow_cpu, part1_config, epochs, bs_train, n_train, n_valid, allo
     uri = start(tracking_uri, experiment)
     try:
         for name in grids:  # every configuration of every grid, and the data, before anything trains
-            check_grid(expand_grid(load_grid_config(name), overrides))
+            plan_grid(name, overrides, seeds=seeds)
     except (ValueError, FileNotFoundError) as e:
         raise click.UsageError(str(e)) from None
 
@@ -87,10 +88,10 @@ def cli(grids, allow_cpu, part1_config, epochs, bs_train, n_train, n_valid, allo
     with tracking.open_run("reproduce", tags={tracking.GRID_TAG: "reproduce", tracking.ROLE_TAG: "parent"}):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # Part 1's tiny batches: see entrypoints.part1
-        run_part1(cfg, device=device)
+        run_part1(cfg, device=device, seeds=seeds)
         torch.set_num_threads(threads)
         for name in grids:
-            run_grid(name, overrides, workers=workers, devices=devices)
+            run_grid(name, overrides, workers=workers, devices=devices, seeds=seeds)
         result = build_report(out)
     click.echo(summary(result))
     click.echo(f"Reproduced in {time.perf_counter() - t0:.0f} s on {device}.")

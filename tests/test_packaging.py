@@ -1,6 +1,7 @@
 """The project's own files agree with each other: dependency lists, MLproject entry points and
 the CLIs they call, README commands and CI."""
 import re
+import shlex
 
 import yaml
 from click.testing import CliRunner
@@ -35,7 +36,7 @@ def test_every_entry_point_command_parses_with_its_defaults():
     for name, entry in project._entry_points.items():
         required = {"grid_name": "test_run"} if name == "grid" else {}  # its one parameter without default
         command = entry.compute_command(required, storage_dir=None)
-        argv = command.split()
+        argv = shlex.split(command)  # as the shell splits it: an empty default ('') is one empty argument
         assert argv[:2] == ["python", "-m"], command
         module = {"entrypoints.part1": part1.cli, "entrypoints.cifar": cifar.cli,
                   "entrypoints.reproduce": reproduce.cli}.get(argv[2])

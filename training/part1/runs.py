@@ -10,7 +10,7 @@ import os
 import tempfile
 import time
 from itertools import product
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -25,7 +25,8 @@ from training.part1.evaluation import binary_report, plot_confusion  # noqa: E40
 from training.experiments import BinaryOutcome, build_binary_mlp, train_binary_mlp  # noqa: E402
 from training.figures import plot_fit  # noqa: E402
 from training.engine.optim import check_optimizer_spec, make_loss  # noqa: E402
-from training.data.synthetic import make_loaders, make_synthetic_splits  # noqa: E402
+from training.data.provenance import synthetic_record  # noqa: E402
+from training.data.synthetic import POPULATIONS, make_loaders, make_synthetic_splits  # noqa: E402
 
 GRID_NAME = "mlp_grid"
 SPLITS = ("train", "valid", "test")
@@ -48,9 +49,25 @@ def check_part1_config(cfg: Mapping[str, Any]) -> None:
         build_binary_mlp(d, w, grid.get("activation", "relu"))
 
 
-def _loaders(cfg: Mapping[str, Any]):
+def _loaders(cfg: Mapping[str, Any], seed: Optional[int] = None):
+    """(record, loaders by split): the programme's data (always drawn with the config's seed, so
+    every seed trains and is judged on the same points) and loaders shuffling with `seed`."""
     splits = make_synthetic_splits(cfg["seed"])
-    return splits, make_loaders(splits, batch_size=cfg["batch_size"], seed=cfg["seed"])
+    record = synthetic_record(splits, "training.data.synthetic.make_synthetic_splits",
+                              {"seed": cfg["seed"], "populations": POPULATIONS})
+    dls = make_loaders(splits, batch_size=cfg["batch_size"], seed=cfg["seed"] if seed is None else seed)
+    return record, dict(zip(SPLITS, dls))
+
+
+def _seeds(cfg: Mapping[str, Any], seeds: Optional[Sequence[int]]) -> List[Tuple[int, bool]]:
+    """(seed, first) pairs: the given seeds, else the config's one."""
+    return [(s, i == 0) for i, s in enumerate(seeds or [cfg["seed"]])]
+
+
+def _run_tags(grid: str, config: str, record, smoke: bool, **more: str) -> Dict[str, str]:
+    """The contract's tags of one Part 1 run (training.tracking.runs): grid, configuration, data, smoke."""
+    return {tracking.GRID_TAG: grid, tracking.CONFIG_TAG: config, **record.tags(),
+            tracking.SMOKE_TAG: "true" if smoke else "false", **more}
 
 
 def _tensors(dl):
@@ -96,10 +113,11 @@ def _evaluate_and_log(out: BinaryOutcome, loaders: Dict[str, Any], boundary_spli
 
 
 def _train_logged_binary(run_name: str, model, hp: Mapping[str, Any], params: Mapping[str, Any], loaders,
-                         n_epochs: int, boundary_split: str, tags: Mapping[str, str], device: Optional[str]):
-    """One MLflow run: params, per-epoch metrics, evaluation, figures, checkpoint, model."""
+                         n_epochs: int, boundary_split: str, tags: Mapping[str, str], device: Optional[str], record):
+    """One MLflow run: params, data inputs, per-epoch metrics, evaluation, figures, checkpoint, model."""
     with tracking.open_run(run_name, tags=tags) as run:
         tracking.log_params(params)
+        record.log()
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = os.path.join(tmp, "best_model.pt")
             logger = tracking.EpochLogger(prefix_map={"test_loss": "valid_loss", "test_acc": "valid_acc_epoch",
@@ -113,54 +131,56 @@ def _train_logged_binary(run_name: str, model, hp: Mapping[str, Any], params: Ma
         return out, metrics, run.info.run_id
 
 
-def _data_params(cfg, loaders) -> Dict[str, Any]:
-    return dict(seed=cfg["seed"], batch_size=cfg["batch_size"],
+def _data_params(cfg, loaders, seed: Optional[int] = None) -> Dict[str, Any]:
+    """seed: the training seed (init, shuffling); data_seed: the one the points were drawn with."""
+    return dict(seed=cfg["seed"] if seed is None else seed, data_seed=cfg["seed"], batch_size=cfg["batch_size"],
                 **{f"n_{s}": len(loaders[s].dataset) for s in SPLITS})
 
 
-def run_first_classifier(cfg: Mapping[str, Any], device: Optional[str] = None, epochs: Optional[int] = None):
-    """The programme's first classifier (20 epochs of SGD), logged as run `first_classifier`."""
+def run_first_classifier(cfg: Mapping[str, Any], device: Optional[str] = None, epochs: Optional[int] = None,
+                         seeds: Optional[Sequence[int]] = None):
+    """The programme's first classifier (20 epochs of SGD), logged as run `first_classifier`; each
+    further seed as `first_classifier_s<seed>`. Returns the first seed's (outcome, metrics)."""
     fc = dict(cfg["first_classifier"])
     n_epochs = epochs or fc["epochs"]
-    _, dls = _loaders(cfg)
-    loaders = dict(zip(SPLITS, dls))
-    torch.manual_seed(cfg["seed"])
-    model = build_binary_mlp(fc["n_layers"], fc["hidden_dims"], fc["activation"], fc["out_activation"],
-                             fc.get("threshold", 0.5))
-    params = {**_data_params(cfg, loaders), **{k: v for k, v in fc.items() if k != "epochs"}, "epochs": n_epochs}
-    out, metrics, _ = _train_logged_binary("first_classifier", model, fc, params, loaders, n_epochs, "valid",
-                                           {tracking.GRID_TAG: "first_classifier"}, device)
-    print(f"first_classifier: train_acc={out.fit.train_acc[-1]:.1f}% valid_acc={out.valid_acc:.1f}% "
-          f"ROC threshold={out.thresh:.3f} -> valid_acc={metrics['valid_acc_thrroc']:.1f}% "
-          f"test_acc={out.test_acc:.1f}%")
-    return out, metrics
+    firsts = []
+    for seed, first in _seeds(cfg, seeds):
+        record, loaders = _loaders(cfg, seed)
+        torch.manual_seed(seed)
+        model = build_binary_mlp(fc["n_layers"], fc["hidden_dims"], fc["activation"], fc["out_activation"],
+                                 fc.get("threshold", 0.5))
+        params = {**_data_params(cfg, loaders, seed), **{k: v for k, v in fc.items() if k != "epochs"},
+                  "epochs": n_epochs}
+        name = tracking.seed_run_name("first_classifier", seed, first)
+        tags = _run_tags("first_classifier", "first_classifier", record, n_epochs < fc["epochs"])
+        out, metrics, _ = _train_logged_binary(name, model, fc, params, loaders, n_epochs, "valid", tags, device,
+                                               record)
+        print(f"{name}: train_acc={out.fit.train_acc[-1]:.1f}% valid_acc={out.valid_acc:.1f}% "
+              f"ROC threshold={out.thresh:.3f} -> valid_acc={metrics['valid_acc_thrroc']:.1f}% "
+              f"test_acc={out.test_acc:.1f}%")
+        firsts = firsts or [(out, metrics)]
+    return firsts[0]
 
 
-def run_mlp_grid(cfg: Mapping[str, Any], device: Optional[str] = None, epochs: Optional[int] = None):
-    """The depth x width grid: a parent run with one child per cell and the boundary mosaic."""
+def run_mlp_grid(cfg: Mapping[str, Any], device: Optional[str] = None, epochs: Optional[int] = None,
+                 seeds: Optional[Sequence[int]] = None):
+    """The depth x width grid: a parent run with one child per (cell, seed) and the boundary mosaic
+    (the summary metrics and the mosaic are the first seed's)."""
     grid = dict(cfg["mlp_grid"])
     n_epochs = epochs or grid["epochs"]
     depths, widths = grid["depths"], grid["widths"]
-    _, dls = _loaders(cfg)
-    loaders = dict(zip(SPLITS, dls))
-    results = {}
-    with tracking.open_run(GRID_NAME, tags={tracking.GRID_TAG: GRID_NAME, tracking.ROLE_TAG: "parent"}):
+    record, loaders = _loaders(cfg)
+    pairs = _seeds(cfg, seeds)
+    tags = {tracking.GRID_TAG: GRID_NAME, tracking.ROLE_TAG: "parent", "archlab.seeds": ",".join(str(s) for s, _ in pairs)}
+    with tracking.open_run(GRID_NAME, tags=tags):
         recipe = {k: v for k, v in grid.items() if k not in ("depths", "widths", "epochs")}
         tracking.log_params({**_data_params(cfg, loaders), **recipe, "epochs": n_epochs, "depths": depths,
                              "widths": widths})
-        torch.manual_seed(cfg["seed"])  # once before the loop, as the programme does
         t0 = time.perf_counter()
-        for (i, width), (j, depth) in product(enumerate(widths), enumerate(depths)):
-            name = grid_run_name(depth, width)
-            model = build_binary_mlp(depth, width, grid.get("activation", "relu"), grid.get("out_activation", "none"))
-            params = {**_data_params(cfg, loaders), **recipe, "epochs": n_epochs, "depth": depth, "width": width,
-                      "n_params": sum(p.numel() for p in model.parameters())}
-            tags = {tracking.GRID_TAG: GRID_NAME, tracking.ROLE_TAG: "child",
-                    tracking.HASH_TAG: tracking.config_hash(params)}
-            out, metrics, run_id = _train_logged_binary(name, model, grid, params, loaders, n_epochs, "test", tags,
-                                                        device)
-            results[(depth, width)] = (out, metrics)
-            print(f"{name}: thresh={out.thresh:.2f} valid_acc={out.valid_acc:.1f}% test_acc={out.test_acc:.1f}%")
+        results = {}
+        for seed, first in pairs:
+            cells = _grid_cells(cfg, grid, recipe, n_epochs, seed, first, device)
+            results = results or cells
         test_accs = torch.tensor([r[0].test_acc for r in results.values()])
         summary = {"grid_min_test_acc": float(test_accs.min()),
                    "grid_q75_test_acc": float(torch.quantile(test_accs, 0.75)),
@@ -173,11 +193,32 @@ def run_mlp_grid(cfg: Mapping[str, Any], device: Optional[str] = None, epochs: O
     return results, summary
 
 
-def run_part1(cfg: Mapping[str, Any], device: Optional[str] = None, epochs: Optional[int] = None):
-    """The whole Part 1 under one run `part1`: the first classifier, then the grid."""
+def _grid_cells(cfg, grid, recipe, n_epochs: int, seed: int, first: bool, device: Optional[str]):
+    """Every cell of the grid at one seed, as children of the active parent: {(depth, width): (outcome, metrics)}."""
+    record, loaders = _loaders(cfg, seed)
+    torch.manual_seed(seed)  # once before the loop, as the programme does
+    results = {}
+    for (i, width), (j, depth) in product(enumerate(grid["widths"]), enumerate(grid["depths"])):
+        config = grid_run_name(depth, width)
+        name = tracking.seed_run_name(config, seed, first)
+        model = build_binary_mlp(depth, width, grid.get("activation", "relu"), grid.get("out_activation", "none"))
+        params = {**_data_params(cfg, loaders, seed), **recipe, "epochs": n_epochs, "depth": depth, "width": width,
+                  "n_params": sum(p.numel() for p in model.parameters())}
+        tags = _run_tags(GRID_NAME, config, record, n_epochs < grid["epochs"], **{
+            tracking.ROLE_TAG: "child", tracking.HASH_TAG: tracking.config_hash(params)})
+        out, metrics, _ = _train_logged_binary(name, model, grid, params, loaders, n_epochs, "test", tags, device,
+                                               record)
+        results[(depth, width)] = (out, metrics)
+        print(f"{name}: thresh={out.thresh:.2f} valid_acc={out.valid_acc:.1f}% test_acc={out.test_acc:.1f}%")
+    return results
+
+
+def run_part1(cfg: Mapping[str, Any], device: Optional[str] = None, epochs: Optional[int] = None,
+              seeds: Optional[Sequence[int]] = None):
+    """The whole Part 1 under one run `part1`: the first classifier, then the grid, each per seed."""
     with tracking.open_run("part1", tags={tracking.GRID_TAG: "part1", tracking.ROLE_TAG: "parent"}):
-        first = run_first_classifier(cfg, device=device)
-        grid = run_mlp_grid(cfg, device=device, epochs=epochs)
+        first = run_first_classifier(cfg, device=device, seeds=seeds)
+        grid = run_mlp_grid(cfg, device=device, epochs=epochs, seeds=seeds)
     return first, grid
 
 
