@@ -135,7 +135,9 @@ def _config_hash_of(kwargs, **extra):
 def test_config_hash_of_logged_runs_stays_put_when_options_are_added():
     """Runs are found again (skipped when finished, resumed when interrupted) by their config
     hash, so an option added later must leave it alone at its default. The pinned values are the
-    hashes of exp2's configured runs logged before norm_weight_decay existed."""
+    hashes of exp2's configured runs logged before norm_weight_decay existed. Since issue #16 a run
+    hashes its recipe *with* the digest of its data (tests/test_seeds_data.py): these are the
+    recipes' own hashes, which runs logged before the digest carry, and which no new run matches."""
     from training.cnn.recipe import CifarRecipe
     from training.grids.expand import expand_grid, load_grid_config
 
