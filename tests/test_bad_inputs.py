@@ -93,6 +93,13 @@ CASES: List[Case] = [
     Case("grid-tracking-bad-scheme", "cifar",
          ["grid", "test_run", *SMALL, "--data-dir", "{fake}", "--tracking-uri", "bogus://nowhere"],
          r"tracking URI 'bogus://nowhere'.*(scheme|store)"),
+    # --- seeds (issue #16): the same check on every entry point that trains
+    Case("grid-seeds-empty", "cifar", ["grid", "test_run", "--seeds", ","], r"--seeds.*seeds ',' has an empty item"),
+    Case("grid-seeds-duplicate", "cifar", ["grid", "test_run", "--seeds", "42,43,42"],
+         r"--seeds.*seeds '42,43,42' repeats \[42\]; give distinct non-negative integers"),
+    Case("grid-seeds-negative", "cifar", ["grid", "test_run", "--seeds", "-1"], r"--seeds.*negative seed\(s\) \[-1\]"),
+    Case("grid-seeds-not-int", "cifar", ["grid", "test_run", "--seeds", "42,abc"],
+         r"--seeds.*seeds '42,abc': abc is not an integer"),
     # --- run-exp (the programme's options)
     Case("runexp-model-unknown", "cifar", [*RUNEXP, "-K", "8", "-L", "1", "-P", "1", "-H", "8", "-M", "vgg"],
          r"--model-type/-M: invalid choice: 'vgg'.*'cnn', 'resnet', 'ycn'"),
@@ -119,7 +126,12 @@ CASES: List[Case] = [
          r"--optimizer: invalid choice: 'rmsprop'.*'adam', 'adamw', 'sgd'"),
     Case("runexp-device-tpu", "cifar", [*RUNEXP, "-K", "8", "-L", "1", "-P", "1", "-H", "8", "-d", "tpu"],
          r"'tpu' is not a device"),
+    Case("runexp-seed-and-seeds", "cifar", [*RUNEXP, "-K", "8", "-L", "1", "-P", "1", "-H", "8", "--seed", "1",
+                                            "--seeds", "1,2"], r"give --seed or --seeds, not both"),
+    Case("runexp-seeds-negative", "cifar", [*RUNEXP, "-K", "8", "-L", "1", "-P", "1", "-H", "8", "--seeds", "1,-2"],
+         r"seeds '1,-2': negative seed\(s\) \[-2\]"),
     # --- Part 1 CLI
+    Case("part1-seeds-duplicate", "part1", ["mlp-grid", "--seeds", "7,7"], r"--seeds.*seeds '7,7' repeats \[7\]"),
     Case("part1-config-missing", "part1", ["main", "--config", "nope"],
          r"config 'nope' not found at .*nope.yaml; available configs: \[.*'part1'"),
     Case("part1-config-not-yaml", "part1", ["mlp-grid", "--config", "{not_yaml}"],
@@ -163,6 +175,9 @@ CASES: List[Case] = [
     Case("grid-override-bad-option", "grid", ("exp2", dict(options=dict(allow_small=True, lr_schedule="bogus"))),
          r"unknown lr_schedule 'bogus'", ValueError),
     Case("grid-unknown-config", "grid", ("exp9", {}), r"config 'exp9' not found at .*available configs", FileNotFoundError),
+    Case("cnn-resume-other-data", "cnn", _tiny(checkpoints="{ckpt_dir}/otherdata.pt"),
+         r"the training state .*otherdata.pt.state was saved on data 0{64}, but this data has digest [0-9a-f]{64}: "
+         r"the data folder changed since the run started", ValueError),
     # --- checkpoints
     Case("ckpt-missing", "ckpt", "{ckpt_dir}/missing.pt", r"checkpoint '.*missing.pt' does not exist",
          FileNotFoundError),
@@ -218,6 +233,7 @@ def _make_inputs(root: Path) -> dict:
     (ck / "truncated.pt").write_bytes(good[: len(good) // 2])
     (ck / "random.pt").write_bytes(os.urandom(4096))
     torch.save({"w": torch.ones(3), "extra": Opaque()}, ck / "object.pt")
+    torch.save({"loader": {"data_digest": "0" * 64}}, ck / "otherdata.pt.state")  # a run's state on other data
 
     paths["not_yaml"].write_text("first_classifier: [unclosed\n  : :\n")
     from training.config import load_config
