@@ -26,7 +26,8 @@ from training.grids.expand import GRIDS as CIFAR_GRIDS
 PART1_GRIDS = ("first_classifier", "mlp_grid")
 ALL_GRIDS = PART1_GRIDS + tuple(CIFAR_GRIDS)
 BASE_COLUMNS = ["run_id", "run_name", "label", "status", "diverged", "n_attempts", "experiment_id", "parent_run_id",
-                "config_hash", "start_time", "end_time"]
+                "config_hash", "start_time", "end_time", "config", "data_digest", "data_source", "data_kind",
+                "smoke_tag"]
 CIFAR_EPOCH_KEYS = ("train_loss", "train_acc", "valid_loss", "valid_acc")
 PART1_EPOCH_KEYS = ("train_loss", "train_acc", "valid_loss", "valid_acc_epoch")
 
@@ -111,11 +112,14 @@ def empty_grid_frame() -> pd.DataFrame:
 def grid_runs(grid: str, experiment: Optional[str] = None, finished_only: bool = False) -> pd.DataFrame:
     """One row per configuration of `grid` (its children; for first_classifier, its own run).
 
-    A configuration (one run name, e.g. exp1_1_L2_K32) may have several runs: a FAILED or
-    KILLED attempt and a FINISHED rerun, or runs of an older recipe (another config hash). The
-    row kept is the newest FINISHED one, else the newest of any status; `n_attempts` says how
-    many runs there were. Columns: the BASE_COLUMNS, then every param under its own name, cast
-    (see cast_column), then every metric's latest value (a metric that is also a param, like
+    A run name (e.g. exp1_1_L2_K32, or exp1_1_L2_K32_s43 for a further seed) may have several runs
+    on one data copy: a FAILED or KILLED attempt and a FINISHED rerun, or runs of an older recipe
+    (another config hash). The row kept per (run name, data digest) is the newest FINISHED one,
+    else the newest of any status; `n_attempts` says how many runs there were. Runs on other data
+    copies stay as rows of their own: analysis.datasets picks one copy and lists the others.
+    `config` is the configuration's name without the seed suffix (config_of), `data_*` the data
+    tags ("" when not recorded), `smoke_tag` the raw smoke tag. Columns: the BASE_COLUMNS, then
+    every param under its own name, cast (see cast_column), then every metric's latest value (a metric that is also a param, like
     n_params, keeps the typed param); CIFAR rows also get `K` (e.g. "64-128-256"), `L` and
     `n_convs` (= L x len(K)).
     """
@@ -124,10 +128,11 @@ def grid_runs(grid: str, experiment: Optional[str] = None, finished_only: bool =
         runs = runs[_col(runs, f"tags.{tracking.ROLE_TAG}") != "parent"]
     if not len(runs):
         return empty_grid_frame()
-    runs = runs.assign(_finished=runs["status"].eq("FINISHED"), run_name=_col(runs, "tags.mlflow.runName"))
+    runs = runs.assign(_finished=runs["status"].eq("FINISHED"), run_name=_col(runs, "tags.mlflow.runName"),
+                       _digest=_col(runs, f"tags.{tracking.DATA_DIGEST_TAG}").fillna(""))
     runs = runs.sort_values(["_finished", "start_time"], ascending=[False, False])
-    attempts = runs.groupby("run_name")["run_id"].transform("count")
-    runs = runs.assign(n_attempts=attempts).drop_duplicates("run_name", keep="first")
+    attempts = runs.groupby(["run_name", "_digest"])["run_id"].transform("count")
+    runs = runs.assign(n_attempts=attempts).drop_duplicates(["run_name", "_digest"], keep="first")
 
     out = pd.DataFrame({
         "run_id": runs["run_id"].values,
@@ -140,6 +145,12 @@ def grid_runs(grid: str, experiment: Optional[str] = None, finished_only: bool =
         "config_hash": _col(runs, f"tags.{tracking.HASH_TAG}").values,
         "start_time": runs["start_time"].values,
         "end_time": runs["end_time"].values,
+        "config": [config_of(n, t, p) for n, t, p in zip(runs["run_name"], _col(runs, f"tags.{tracking.CONFIG_TAG}"),
+                                                          _col(runs, f"params.{tracking.SEED_PARAM}"))],
+        "data_digest": runs["_digest"].values,
+        "data_source": _col(runs, f"tags.{tracking.DATA_SOURCE_TAG}").fillna("").values,
+        "data_kind": _col(runs, f"tags.{tracking.DATA_KIND_TAG}").fillna("").values,
+        "smoke_tag": _col(runs, f"tags.{tracking.SMOKE_TAG}").fillna("").values,
     })
     present = [c for c in runs.columns if runs[c].notna().any()]  # drop the parents' columns
     for c in sorted(c for c in present if c.startswith("params.")):
@@ -161,8 +172,20 @@ def grid_runs(grid: str, experiment: Optional[str] = None, finished_only: bool =
     if finished_only:
         out = out[out["status"] == "FINISHED"]
     order = {name: i for i, name in enumerate(_expected_or_empty(grid))}
-    out["_order"] = [order.get(n, len(order)) for n in out["run_name"]]
+    out["_order"] = [order.get(n, len(order)) for n in out["config"]]  # a configuration's seeds stay together
     return out.sort_values(["_order", "run_name"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def config_of(run_name: Any, tag: Any, seed: Any) -> str:
+    """The configuration a run belongs to: its `archlab.config` tag; for runs logged before the
+    tag, the run name, less a trailing `_s<seed>` when that is the run's own `seed` param."""
+    if isinstance(tag, str) and tag:
+        return tag
+    name = str(run_name)
+    head, sep, tail = name.rpartition("_s")
+    if sep and head and tail.isdigit() and seed is not None and str(seed).strip() == tail:
+        return head
+    return name
 
 
 def _expected_or_empty(grid: str) -> List[str]:
@@ -274,19 +297,21 @@ def mlp_axes(mlp: pd.DataFrame) -> Tuple[List[int], List[int]]:
 
 def experiment_status(experiment: Optional[str] = None, grids: Iterable[str] = ALL_GRIDS,
                       frames: Optional[Dict[str, pd.DataFrame]] = None) -> pd.DataFrame:
-    """Per grid: configurations expected, finished, present but not finished, never run.
+    """Per grid: configurations expected, finished (at least one seed), present but not finished
+    (no seed finished), never run; a configuration is counted once whatever its number of seeds.
 
     frames: grid_runs results already fetched (avoids searching again)."""
     rows = []
     for grid in grids:
         df = frames[grid] if frames is not None and grid in frames else grid_runs(grid, experiment)
         expected = expected_configurations(grid)
-        finished = sorted(df.loc[df["status"] == "FINISHED", "run_name"])
-        unfinished = sorted(df.loc[df["status"] != "FINISHED", "run_name"])
-        never = [n for n in expected if n not in set(df["run_name"])]
+        names = df["config"] if "config" in df.columns else df["run_name"]
+        finished = set(names[df["status"] == "FINISHED"])
+        unfinished = sorted(set(names) - finished)
+        never = [n for n in expected if n not in set(names)]
         rows.append(dict(grid=grid, expected=len(expected), finished=len(finished), unfinished=len(unfinished),
                          not_run=len(never), unfinished_names=unfinished, not_run_names=never,
-                         extra_names=sorted(set(df["run_name"]) - set(expected))))
+                         extra_names=sorted(set(names) - set(expected))))
     return pd.DataFrame(rows)
 
 
