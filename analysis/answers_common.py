@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.data import CHANCE_ACC, NOT_TRAINABLE_MARGIN, ReportData, not_trainable
-from analysis.text import count, figure, num, pct, recipe, table
+from analysis.spread import NO_SPREAD, Stat, compare, verdict
+from analysis.text import count, figure, num, pct, points, recipe, table
 
 RECIPE_KEYS = ("model_type", "optimizer", "lr", "reg", "momentum", "nesterov", "lr_schedule", "warmup_frac",
                "label_smoothing", "bs_train", "epochs", "early_stopping", "batches", "n_train", "n_valid",
@@ -38,6 +39,41 @@ def acc_pairs(df: pd.DataFrame, x: str, y: str = "test_acc") -> List[Tuple[Any, 
     return list(zip(rows[x].tolist(), rows[y].tolist()))
 
 
+def stat_pairs(df: pd.DataFrame, x: str, y: str = "test_acc") -> List[Tuple[Any, Stat]]:
+    """(x, Stat of y) per configuration row, sorted by x: acc_pairs with the seeds' spread."""
+    rows = df.dropna(subset=[y]).sort_values(x)
+    return [(v, Stat.of(r, y)) for v, (_, r) in zip(rows[x].tolist(), rows.iterrows())]
+
+
+def _top_two(df: pd.DataFrame, col: str) -> Optional[Tuple[pd.Series, pd.Series]]:
+    ranked = df.dropna(subset=[col]).sort_values(col, ascending=False)
+    return (ranked.iloc[0], ranked.iloc[1]) if len(ranked) >= 2 else None
+
+
+def lead_verdict(df: pd.DataFrame, col: str = "test_acc") -> str:
+    """spread.verdict of the best configuration against the runner-up ('unknown' with fewer than two)."""
+    top = _top_two(df, col)
+    return verdict(Stat.of(top[0], col), Stat.of(top[1], col)) if top else "unknown"
+
+
+def lead_sentence(df: pd.DataFrame, col: str = "test_acc") -> str:
+    """Whether the best configuration's lead over the runner-up is a finding, as one sentence and a
+    trailing space to go before the next one ("" with a single configuration)."""
+    top = _top_two(df, col)
+    if top is None:
+        return ""
+    best, second = top
+    a, b = Stat.of(best, col), Stat.of(second, col)
+    v = verdict(a, b)
+    if v == "unknown":
+        return (f"Its lead over the runner-up {second['label']} ({b.short()}) is {points(a.mean - b.mean)}; with a "
+                f"single seed no spread is known, so this ranking is one measurement, not an established trend. ")
+    if v == "noise":
+        return (f"Its lead over the runner-up {second['label']} ({b.short()}) is {compare(a, b)}: these runs do not "
+                f"establish which of the two is better. ")
+    return f"Its lead over the runner-up {second['label']} ({b.short()}) is {compare(a, b)}. "
+
+
 def best_row(df: pd.DataFrame, col: str = "test_acc") -> Optional[pd.Series]:
     df = df.dropna(subset=[col]) if col in df.columns else df.iloc[0:0]
     return df.loc[df[col].idxmax()] if len(df) else None
@@ -53,16 +89,28 @@ def recipe_line(df: pd.DataFrame, keys: Sequence[str] = RECIPE_KEYS) -> str:
 
 
 def cifar_table(data: ReportData, grid: str) -> str:
-    df = data.grids[grid].copy()
+    """One row per configuration: accuracies are means over its finished seeds, with the test
+    accuracy's std and the number of seeds; epochs are the first seed's."""
+    df = data.configs(grid)
+    if not len(df):
+        return table(df, [])
     df["epochs_run"] = df["run_id"].map(data.epochs_run(grid))
-    for col in ("best_epoch", "best_valid_acc", "test_acc", "fit_wall_time_s", "n_params", "pool_every"):
+    for col in ("best_epoch", "best_valid_acc", "test_acc", "test_acc_std", "fit_wall_time_s", "n_params",
+                "pool_every"):
         if col not in df.columns:
             df[col] = np.nan
+    df["status_text"] = [s + (f" (+{u} unfinished)" if u else "") for s, u in zip(df["status"], df["n_unfinished"])]
     return table(df, [("run_name", "run", str), ("n_params", "params", count_or_na),
                       ("pool_every", "P", int_or_na), ("epochs_run", "epochs run", int_or_na),
                       ("best_epoch", "best epoch", int_or_na), ("best_valid_acc", "best valid acc", pct),
-                      ("test_acc", "test acc", pct), ("fit_wall_time_s", "fit time (s)", lambda v: num(v, 0)),
-                      ("status", "status", str)])
+                      ("test_acc", "test acc", pct), ("test_acc_std", "± std", spread_cell),
+                      ("n_seeds", "seeds", str), ("fit_wall_time_s", "fit time (s)", lambda v: num(v, 0)),
+                      ("status_text", "status", str)])
+
+
+def spread_cell(v: Any) -> str:
+    """A table's ± column: the seed std, or n/a with a single seed (no spread known)."""
+    return "n/a" if v is None or pd.isna(v) else f"± {float(v):.1f}"
 
 
 def count_or_na(v: Any) -> str:
@@ -95,7 +143,7 @@ def recipe_caveat(diff: List[str]) -> str:
 
 def untrainable_text(df: pd.DataFrame) -> Tuple[List[str], str]:
     bad = not_trainable(df)
-    names = bad["label"].tolist()
+    names = list(dict.fromkeys(bad["label"]))  # a configuration's seeds share its label
     criterion = (f"(criterion: the run diverged, or its best validation accuracy stayed within "
                  f"{NOT_TRAINABLE_MARGIN:.0f} points of chance, {pct(CHANCE_ACC)})")
     return names, criterion

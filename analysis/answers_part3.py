@@ -2,28 +2,37 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
-from analysis.answers_common import (RECIPE_KEYS, best_row, cifar_table, figs, acc_pairs, recipe_caveat,
-                                     recipe_differences, recipe_line, untrainable_text)
+from analysis.answers_common import (RECIPE_KEYS, best_row, cifar_table, figs, lead_sentence, lead_verdict,
+                                     recipe_caveat, recipe_differences, recipe_line, stat_pairs, untrainable_text)
 from analysis import query
 from analysis.data import ReportData, not_trainable
-from analysis.text import bullet, count, missing_note, num, pct, points, recipe, trend
+from analysis.datasets import smoke_mark
+from analysis.spread import NO_SPREAD, Stat, compare, spread_trend, stat_pct, verdict
+from analysis.text import bullet, count, missing_note, num, pct, points, recipe
 
 def _cifar_section(data: ReportData, grid: str, out_dir: Path) -> List[str]:
     df = data.grids[grid]
     if not len(df):
         return []
-    parts = [f"Runs of `{grid}` (test accuracy is measured once, with the checkpoint of the best validation epoch). "
-             f"Recipe shared by its runs: {recipe_line(df)}.", cifar_table(data, grid),
-             figs(data, grid, out_dir, grid)]
+    mark = smoke_mark(grid, data.smoke(grid))
+    parts = [*([mark] if mark else []),
+             f"Runs of `{grid}` (test accuracy is measured once per seed, with the checkpoint of its best validation "
+             f"epoch; a row is a configuration, its accuracies the mean over its finished seeds). Recipe shared by "
+             f"its runs: {recipe_line(df)}.", cifar_table(data, grid), figs(data, grid, out_dir, grid)]
     return parts
 
 
-def _depth_explanation(best_label: str, best_L: int, Ls: Sequence[int]) -> str:
+def _depth_explanation(best_label: str, best_L: int, Ls: Sequence[int], lead: str = "unknown") -> str:
+    """Why this depth won; lead: spread.verdict of the best vs the runner-up ('noise': no winner)."""
+    if lead == "noise":
+        return ("Because the best and the runner-up are within seed noise, these runs do not single out a best depth; "
+                "a plain network is expected to gain from depth (larger receptive field) until un-normalised layers "
+                "make it harder to optimise, and this grid cannot place that point more precisely.")
     if best_L == min(Ls):
         return (f"The shallowest setting is the best here. With this plain recipe (no normalization, no skips, a "
                 f"fixed budget of epochs) every extra layer makes the network harder to optimise: gradients "
@@ -43,7 +52,8 @@ def part3_q1(data: ReportData, out_dir: Path) -> str:
     df = data.finished("exp1_1")
     if not len(df):
         return head + "\n\n" + missing_note("exp1_1", data.experiment)
-    lines = [f"K={k}: test accuracy {trend(acc_pairs(df[df['K'] == k], 'L'), 'L')}" for k in dict.fromkeys(df["K"])]
+    lines = [f"K={k}: test accuracy {spread_trend(stat_pairs(df[df['K'] == k], 'L'), 'L')}"
+             for k in dict.fromkeys(df["K"])]
     best = best_row(df)
     bad, criterion = untrainable_text(data.grids["exp1_1"])
     if bad:
@@ -71,8 +81,9 @@ def part3_q1(data: ReportData, out_dir: Path) -> str:
                  f"connections (experiment 1.4).")
     return "\n\n".join([head, *_cifar_section(data, "exp1_1", out_dir),
                         f"**1. Effect of depth.**\n\n{bullet(lines)}\n\nThe best configuration is {best['label']} "
-                        f"with {pct(best['test_acc'])} test accuracy. "
-                        + _depth_explanation(best["label"], int(best["L"]), sorted(set(df["L"]))), train])
+                        f"with {stat_pct(best)} test accuracy. {lead_sentence(df)}"
+                        + _depth_explanation(best["label"], int(best["L"]), sorted(set(df["L"])), lead_verdict(df)),
+                        train])
 
 
 def part3_q2(data: ReportData, out_dir: Path) -> str:
@@ -81,19 +92,13 @@ def part3_q2(data: ReportData, out_dir: Path) -> str:
     if not len(df):
         return head + "\n\n" + missing_note("exp1_2", data.experiment)
     df = df.assign(K_int=df["K"].map(lambda k: int(k) if str(k).isdigit() else np.nan))
-    lines = [f"L={L}: test accuracy {trend(acc_pairs(df[df['L'] == L], 'K_int'), 'K')}" for L in sorted(set(df["L"]))]
+    lines = [f"L={L}: test accuracy {spread_trend(stat_pairs(df[df['L'] == L], 'K_int'), 'K')}"
+             for L in sorted(set(df["L"]))]
     best = best_row(df)
     spread_k = df.groupby("L")["test_acc"].agg(lambda s: s.max() - s.min())
     text = [f"**Effect of width.**\n\n{bullet(lines)}\n\nThe best configuration is {best['label']} "
-            f"({pct(best['test_acc'])}). Across K at fixed L the test accuracy spans "
-            + ", ".join(f"{spread_k[L]:.1f} points at L={L}" for L in spread_k.index) + ". "
-            + ("More filters help: each layer can detect more patterns, and wider layers are also easier to optimise "
-               "(more paths for the gradient), at a cost in parameters and compute that grows like K²; beyond some "
-               "width the gain shrinks and over-fitting of the training set starts to show."
-               if _widest_not_worse(df) else
-               "Width does not help uniformly here: at some depths a wider layer scored lower, which with a single "
-               "seed per configuration is within the noise or a sign that the wider models over-fit the training set "
-               "within the epoch budget.")]
+            f"({stat_pct(best)}). {lead_sentence(df)}Across K at fixed L the mean test accuracy spans "
+            + ", ".join(f"{spread_k[L]:.1f} points at L={L}" for L in spread_k.index) + ". " + _width_verdict(df)]
     d11 = data.finished("exp1_1")
     if len(d11):
         spread_l = d11.groupby("K")["test_acc"].agg(lambda s: s.max() - s.min())
@@ -122,18 +127,62 @@ def part3_q2(data: ReportData, out_dir: Path) -> str:
     return "\n\n".join([head, *_cifar_section(data, "exp1_2", out_dir), *text])
 
 
-def _widest_not_worse(df: pd.DataFrame) -> bool:
-    """At every depth, the widest K scored at least as well as the narrowest."""
-    for _, g in df.dropna(subset=["K_int", "test_acc"]).groupby("L"):
-        if g.loc[g["K_int"].idxmax(), "test_acc"] < g.loc[g["K_int"].idxmin(), "test_acc"]:
-            return False
-    return True
+def _widest_vs_narrowest(df: pd.DataFrame) -> List[Tuple[Any, Stat, Stat]]:
+    """(L, widest K's Stat, narrowest K's Stat) at every depth with two widths or more."""
+    out = []
+    for L, g in df.dropna(subset=["K_int", "test_acc"]).groupby("L"):
+        if g["K_int"].nunique() > 1:
+            out.append((L, Stat.of(g.loc[g["K_int"].idxmax()]), Stat.of(g.loc[g["K_int"].idxmin()])))
+    return out
+
+
+def _width_verdict(df: pd.DataFrame) -> str:
+    """'More filters help' only where the widest K beats the narrowest beyond the seed spread."""
+    pairs = _widest_vs_narrowest(df)
+    verdicts = [verdict(w, n) for _, w, n in pairs]
+    detail = "; ".join(f"L={L}: {compare(w, n)}" for L, w, n in pairs)
+    if pairs and all(v == "higher" for v in verdicts):
+        return (f"Widest vs narrowest K at each depth: {detail}. More filters help: each layer can detect more "
+                "patterns, and wider layers are also easier to optimise (more paths for the gradient), at a cost in "
+                "parameters and compute that grows like K²; beyond some width the gain shrinks and over-fitting of "
+                "the training set starts to show.")
+    if "lower" in verdicts:
+        return (f"Widest vs narrowest K at each depth: {detail}. Width does not help uniformly here: at some depths "
+                "the widest layer scored lower beyond the seed spread, a sign that the wider models over-fit the "
+                "training set within the epoch budget.")
+    if "higher" in verdicts:
+        helped = ", ".join(f"L={L}" for (L, _, _), v in zip(pairs, verdicts) if v == "higher")
+        rest = ", ".join(f"L={L}" for (L, _, _), v in zip(pairs, verdicts) if v != "higher")
+        return (f"Widest vs narrowest K at each depth: {detail}. More filters help beyond the seed spread at "
+                f"{helped} (each layer can detect more patterns, and wider layers are easier to optimise), but not "
+                f"measurably at {rest}: there the gain is within seed noise or no spread is known.")
+    if pairs and all(v == "unknown" for v in verdicts):
+        means_up = all(w.mean >= n.mean for _, w, n in pairs)
+        return (f"Widest vs narrowest K at each depth: {detail}. With one seed per configuration {NO_SPREAD}: "
+                + ("the widest K scored at least as well at every depth, which suggests that more filters help "
+                   "(more patterns per layer, easier optimisation), but does not establish it."
+                   if means_up else "at some depths the wider layer scored lower, which may be seed noise."))
+    return (f"Widest vs narrowest K at each depth: {detail}. So these runs do not show that more filters help: "
+            "where the spread is known the differences are within seed noise." if pairs else "")
 
 
 def _best_of(data: ReportData, grids: Sequence[str]) -> Optional[Tuple[str, pd.Series]]:
     found = [(g, best_row(data.finished(g))) for g in grids]
     found = [(g, b) for g, b in found if b is not None]
     return max(found, key=lambda gb: gb[1]["test_acc"]) if found else None
+
+
+def _versus(a: Stat, b: Stat, better: str, worse: str, tie: str) -> str:
+    """The comparison a vs b in words: better / worse only beyond the seed spread."""
+    v = verdict(a, b)
+    if v == "higher":
+        return f"{compare(a, b)}: {better}"
+    if v == "lower":
+        return f"{compare(a, b)}: {worse}"
+    if v == "noise":
+        return f"{compare(a, b)}: {tie}"
+    return (f"{compare(a, b)}; judged by the single measurement, "
+            + (tie if abs(a.mean - b.mean) < 0.5 else better if a.mean > b.mean else worse))
 
 
 def part3_q3(data: ReportData, out_dir: Path) -> str:
@@ -143,24 +192,24 @@ def part3_q3(data: ReportData, out_dir: Path) -> str:
         return head + "\n\n" + missing_note("exp1_3", data.experiment)
     best = best_row(df)
     bad, criterion = untrainable_text(data.grids["exp1_3"])
-    pairs = acc_pairs(df, "L")
-    text = [f"Test accuracy {trend(pairs, 'L')}. With three filter sizes each L means 3L conv layers "
+    pairs = stat_pairs(df, "L")
+    text = [f"Test accuracy {spread_trend(pairs, 'L')}. With three filter sizes each L means 3L conv layers "
             f"({', '.join(f'L={L}: {n} convs' for L, n in zip(df['L'], df['n_convs']))}), and the growing widths "
             f"follow the usual pattern of more channels as the maps shrink. The best is {best['label']} with "
-            f"{pct(best['test_acc'])} ({count(best['n_params'])} parameters). "
-            + _depth_explanation(best["label"], int(best["L"]), sorted(set(df["L"]))),
+            f"{stat_pct(best)} ({count(best['n_params'])} parameters). {lead_sentence(df)}"
+            + _depth_explanation(best["label"], int(best["L"]), sorted(set(df["L"])), lead_verdict(df)),
             f"Not trainable {criterion}: {', '.join(bad) if bad else 'none'}"
             + (" — the deepest plain stacks fail for the same reason as in 1.1." if bad else ".")]
     prev = _best_of(data, ("exp1_1", "exp1_2"))
     if prev:
         g, b = prev
         text.append(f"Compared with the single-width nets of 1.1/1.2, whose best is {b['label']} in {g} "
-                    f"({pct(b['test_acc'])}), the best growing-width net is "
-                    f"{points(best['test_acc'] - b['test_acc'])}: "
-                    + ("better; spending few channels at high resolution and many at low resolution is the more "
-                       "efficient use of capacity." if best["test_acc"] - b["test_acc"] >= 0.5 else
-                       "on par (within half a point)." if abs(best["test_acc"] - b["test_acc"]) < 0.5 else
-                       "no better; with this plain recipe the extra width of the later layers does not pay off."))
+                    f"({stat_pct(b)}), the best growing-width net is "
+                    + _versus(Stat.of(best), Stat.of(b),
+                              "better; spending few channels at high resolution and many at low resolution is the "
+                              "more efficient use of capacity.",
+                              "no better; with this plain recipe the extra width of the later layers does not pay off.",
+                              "on par, so these runs do not say that growing widths help."))
     return "\n\n".join([head, *_cifar_section(data, "exp1_3", out_dir), *text])
 
 
@@ -171,28 +220,26 @@ def part3_q4(data: ReportData, out_dir: Path) -> str:
         return head + "\n\n" + missing_note("exp1_4", data.experiment)
     best = best_row(df)
     bn = recipe(df, ["model_kwargs.batchnorm", "model_kwargs.dropout"])
-    lines = [f"K={k}: test accuracy {trend(acc_pairs(df[df['K'] == k], 'L'), 'L')}" for k in dict.fromkeys(df["K"])]
+    lines = [f"K={k}: test accuracy {spread_trend(stat_pairs(df[df['K'] == k], 'L'), 'L')}"
+             for k in dict.fromkeys(df["K"])]
     bad, criterion = untrainable_text(data.grids["exp1_4"])
-    text = [f"{bullet(lines)}\n\nThe best ResNet is {best['label']} with {pct(best['test_acc'])}; the deepest, "
-            f"{df.loc[df['n_convs'].idxmax(), 'label']} ({int(df['n_convs'].max())} convs), reached "
-            f"{pct(df.loc[df['n_convs'].idxmax(), 'test_acc'])}. Not trainable {criterion}: "
-            f"{', '.join(bad) if bad else 'none'}."]
+    deepest = df.loc[pd.to_numeric(df["n_convs"]).idxmax()]
+    text = [f"{bullet(lines)}\n\nThe best ResNet is {best['label']} with {stat_pct(best)}. "
+            + lead_sentence(df) + f"The deepest, {deepest['label']} ({int(deepest['n_convs'])} convs), reached "
+            f"{stat_pct(deepest)}. Not trainable {criterion}: {', '.join(bad) if bad else 'none'}."]
     plain = pd.concat([data.finished(g).assign(grid=g) for g in ("exp1_1", "exp1_3") if len(data.finished(g))]) \
         if any(len(data.finished(g)) for g in ("exp1_1", "exp1_3")) else pd.DataFrame()
     if len(plain):
         m = df.merge(plain, on=["K", "L"], suffixes=("_res", "_plain"))
         if len(m):
-            rows = [f"{r.label_res}: plain {r.grid} {pct(r.test_acc_plain)} → ResNet {pct(r.test_acc_res)} "
-                    f"({points(r.test_acc_res - r.test_acc_plain)})" for r in m.itertuples()]
+            res = [Stat.of(r, suffix="_res") for _, r in m.iterrows()]
+            pln = [Stat.of(r, suffix="_plain") for _, r in m.iterrows()]
+            rows = [f"{r.label_res}: plain {r.grid} {p.short()} → ResNet {q.short()} ({compare(q, p)})"
+                    for r, p, q in zip(m.itertuples(), pln, res)]
             gain = (m["test_acc_res"] - m["test_acc_plain"]).mean()
             text.append("**Same K and L, plain vs residual** (1.1 / 1.3 vs 1.4):\n\n" + bullet(rows)
-                        + f"\n\nOn average the residual version is {points(gain)}. "
-                        + ("Skip connections make the deep configurations trainable: each block only has to learn a "
-                           "correction to the identity, and the gradient reaches the early layers through the "
-                           "shortcuts, so depth stops hurting. " if gain > 0 else
-                           "Here the residual versions did not beat the plain ones on average; at these depths the "
-                           "plain nets were still trainable, and the ResNet recipe's regularization costs accuracy "
-                           "within the epoch budget. ")
+                        + f"\n\nOn average the residual version is {points(gain)} ({_pair_count(res, pln)}). "
+                        + _residual_reading(res, pln, gain)
                         + (f"Note that the 1.4 runs also use batch normalization (dropout "
                            f"{bn.get('model_kwargs.dropout', 0)}) while 1.1/1.3 do not, so the comparison credits "
                            f"skips and normalization together." if bn.get("model_kwargs.batchnorm") else "")
@@ -207,6 +254,37 @@ def part3_q4(data: ReportData, out_dir: Path) -> str:
         text.append("**Compared with 1.1 and 1.3:** " + missing_note("exp1_1", data.experiment) + " "
                     + missing_note("exp1_3", data.experiment))
     return "\n\n".join([head, *_cifar_section(data, "exp1_4", out_dir), *text])
+
+
+def _residual_reading(res: Sequence[Stat], plain: Sequence[Stat], gain: float) -> str:
+    """Why residual beat plain (or not), said only as far as the seed spread allows."""
+    v = [verdict(r, p) for r, p in zip(res, plain)]
+    helped = ("Skip connections make the deep configurations trainable: each block only has to learn a correction "
+              "to the identity, and the gradient reaches the early layers through the shortcuts, so depth stops "
+              "hurting. ")
+    hurt = ("Here the residual versions did not beat the plain ones on average; at these depths the plain nets were "
+            "still trainable, and the ResNet recipe's regularization costs accuracy within the epoch budget. ")
+    if "higher" in v and "lower" not in v:
+        return helped
+    if "lower" in v and "higher" not in v:
+        return hurt
+    if all(x == "noise" for x in v):
+        return "Every pair is within seed noise, so these runs do not show that skips change the accuracy here. "
+    if all(x == "unknown" for x in v):
+        return (helped if gain > 0 else hurt) + "(Single seeds: read this as a hypothesis, not a measured trend.) "
+    return "The pairs disagree beyond the seed spread (some better, some worse), so there is no single verdict. "
+
+
+def _pair_count(a: Sequence[Stat], b: Sequence[Stat]) -> str:
+    """'2 of 3 pairs better beyond the seed spread, 1 within seed noise' (or no spread known)."""
+    v = [verdict(x, y) for x, y in zip(a, b)]
+    if all(x == "unknown" for x in v):
+        return f"one seed per configuration: {NO_SPREAD}, so no pair is a measured difference"
+    parts = [f"{v.count(k)} {word}" for k, word in (("higher", "better beyond the seed spread"),
+                                                    ("lower", "worse beyond the seed spread"),
+                                                    ("noise", "within seed noise"),
+                                                    ("unknown", f"with a single seed ({NO_SPREAD})")) if v.count(k)]
+    return f"of {len(v)} pairs: " + ", ".join(parts)
 
 
 def history_lines(data: ReportData, best: pd.Series) -> List[str]:
@@ -264,18 +342,16 @@ def part3_q5(data: ReportData, out_dir: Path) -> str:
                   "warm-up and decay, and label smoothing address the over-fitting and slow convergence seen in "
                   "experiment 1.")
     best = best_row(fin)
-    lines = [f"Test accuracy {trend(acc_pairs(fin, 'L'), 'L')}.",
-             f"The best is {best['label']} with {pct(best['test_acc'])} "
-             f"({count(best['n_params'])} parameters, {num(best.get('fit_wall_time_s'), 0)} s of training)."]
+    lines = [f"Test accuracy {spread_trend(stat_pairs(fin, 'L'), 'L')}.",
+             f"The best is {best['label']} with {stat_pct(best)} ({count(best['n_params'])} parameters, "
+             f"{num(best.get('fit_wall_time_s'), 0)} s of training). {lead_sentence(fin)}".rstrip()]
     prev = _best_of(data, ("exp1_1", "exp1_2", "exp1_3", "exp1_4"))
     if prev:
         g, b = prev
-        d = best["test_acc"] - b["test_acc"]
-        lines.append(f"The best network of experiment 1 is {b['label']} in {g} with {pct(b['test_acc'])}: YourCNN is "
-                     f"{points(d)}, "
-                     + ("on par (within half a point)." if abs(d) < 0.5 else
-                        "better: the architecture and the recipe built for it overcome the limits of experiment 1."
-                        if d > 0 else "not better in these runs."))
+        lines.append(f"The best network of experiment 1 is {b['label']} in {g} with {stat_pct(b)}: YourCNN is "
+                     + _versus(Stat.of(best), Stat.of(b),
+                               "better: the architecture and the recipe built for it overcome the limits of "
+                               "experiment 1.", "not better in these runs.", "on par."))
     else:
         lines.append("Experiment 1 has not been run in this store, so there is no comparison: "
                      + ", ".join(f"`{g}`" for g in ("exp1_1", "exp1_2", "exp1_3", "exp1_4")) + " are missing.")

@@ -59,6 +59,22 @@ def _finished(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] == "FINISHED"] if len(df) else df
 
 
+def _yerr(rows: pd.DataFrame, col: str = "test_acc") -> Optional[np.ndarray]:
+    """Seed std of a per_config frame as error bars (0 where one seed); None: no column."""
+    std = f"{col}_std"
+    return rows[std].fillna(0.0).to_numpy(dtype=float) if std in rows.columns else None
+
+
+def _seed_dots(ax, seeds: Optional[pd.DataFrame], x_of, color, col: str = "test_acc") -> None:
+    """The individual seeds behind the means, as small dots (only configurations with several)."""
+    if seeds is None or not len(seeds) or "config" not in seeds.columns:
+        return
+    many = seeds.groupby("config")["run_id"].transform("count") > 1
+    rows = seeds[many & seeds[col].notna()]
+    if len(rows):
+        ax.scatter([x_of(r) for _, r in rows.iterrows()], rows[col], s=10, color=color, alpha=0.5, zorder=3)
+
+
 # ============================================================================ CIFAR
 def cifar_groups(grid: str, runs: pd.DataFrame) -> List[Tuple[str, pd.DataFrame]]:
     """(suffix, rows) per display figure: e.g. exp1_1 -> [("K32", ...), ("K64", ...)]."""
@@ -110,19 +126,30 @@ def _k_order(labels: Iterable[str]) -> List[str]:
     return sorted(dict.fromkeys(labels), key=lambda k: (sum(int(x) for x in k.split("-")), k))
 
 
-def accuracy_vs_depth_width(grid: str, runs: pd.DataFrame, out_dir: Path | str) -> Path:
-    """Test accuracy (best-validation checkpoint) vs depth L per K, and vs width K per L."""
+def accuracy_vs_depth_width(grid: str, runs: pd.DataFrame, out_dir: Path | str,
+                            seeds: Optional[pd.DataFrame] = None) -> Path:
+    """Test accuracy (best-validation checkpoint) vs depth L per K, and vs width K per L.
+
+    runs: one row per configuration (spread.per_config: means, error bars = seed std); seeds:
+    the runs seed by seed, drawn as dots where a configuration has several."""
     done = _finished(runs)
     fig, (ax_l, ax_k) = plt.subplots(1, 2, figsize=(12, 4.5))
     k_order = _k_order(done["K"]) if len(done) else []
-    for k in k_order:
+    for i, k in enumerate(k_order):
         rows = done[done["K"] == k].sort_values("L")
-        ax_l.plot(rows["L"], rows["test_acc"], marker="o", label=f"K={k}")
-    for L in sorted(set(done["L"])) if len(done) else []:
+        ax_l.errorbar(rows["L"], rows["test_acc"], yerr=_yerr(rows), marker="o", capsize=3, label=f"K={k}",
+                      color=f"C{i % 10}")
+        _seed_dots(ax_l, None if seeds is None else _finished(seeds)[_finished(seeds)["K"] == k],
+                   lambda r: r["L"], f"C{i % 10}")
+    for i, L in enumerate(sorted(set(done["L"])) if len(done) else []):
         rows = done[done["L"] == L]
         xs = [k_order.index(k) for k in rows["K"]]
         order = np.argsort(xs)
-        ax_k.plot(np.array(xs)[order], rows["test_acc"].to_numpy()[order], marker="o", label=f"L={L}")
+        err = _yerr(rows)
+        ax_k.errorbar(np.array(xs)[order], rows["test_acc"].to_numpy()[order], marker="o", capsize=3,
+                      yerr=None if err is None else err[order], label=f"L={L}", color=f"C{i % 10}")
+        _seed_dots(ax_k, None if seeds is None else _finished(seeds)[_finished(seeds)["L"] == L],
+                   lambda r: k_order.index(r["K"]) if r["K"] in k_order else np.nan, f"C{i % 10}")
     ax_l.set_xscale("log", base=2)
     if len(done):
         ls = sorted(set(int(L) for L in done["L"]))
@@ -136,7 +163,9 @@ def accuracy_vs_depth_width(grid: str, runs: pd.DataFrame, out_dir: Path | str) 
         ax.grid(True, alpha=0.4)
         if ax.lines:
             ax.legend()
-    fig.suptitle(f"{grid}: test accuracy vs depth and width ({len(done)} finished configurations)")
+    n = int(done["n_seeds"].max()) if "n_seeds" in done.columns and len(done) else 1
+    bars = f"; mean ± std over up to {n} seeds" if n > 1 else "; one seed each, no spread known"
+    fig.suptitle(f"{grid}: test accuracy vs depth and width ({len(done)} finished configurations{bars})")
     return save(fig, out_dir, f"{grid}_accuracy_vs_L_K")
 
 
@@ -146,7 +175,8 @@ def depth_overview(cifar: Dict[str, pd.DataFrame], out_dir: Path | str) -> Path:
     for grid, runs in cifar.items():
         done = _finished(runs)
         if len(done):
-            ax.scatter(done["n_convs"], done["test_acc"], label=f"{grid} ({done['model_type'].iloc[0]})", s=40)
+            ax.errorbar(done["n_convs"].astype(float), done["test_acc"], yerr=_yerr(done), fmt="o", capsize=3,
+                        label=f"{grid} ({done['model_type'].iloc[0]})", markersize=6)
             for r in done.itertuples(index=False):
                 ax.annotate(r.label, (r.n_convs, r.test_acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log", base=2)
@@ -156,9 +186,9 @@ def depth_overview(cifar: Dict[str, pd.DataFrame], out_dir: Path | str) -> Path:
     ax.set_xlabel("conv layers (L x len(K))")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(True, alpha=0.4)
-    if ax.collections:
+    if ax.lines or ax.collections:
         ax.legend()
-    ax.set_title("CIFAR-10: test accuracy vs depth, all experiments")
+    ax.set_title("CIFAR-10: test accuracy vs depth, all experiments (error bars: seed std where several seeds)")
     return save(fig, out_dir, "cifar_depth_overview")
 
 
@@ -204,8 +234,13 @@ def threshold_effect(grid_df: pd.DataFrame, first: Optional[pd.Series], out_dir:
         rows.insert(0, ("first_classifier", first["test_acc_thr05"], first["test_acc_thrroc"], first["roc_threshold"]))
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows) + 2), 4.5))
     xs = np.arange(len(rows))
-    ax.bar(xs - 0.2, [r[1] for r in rows], 0.4, label="threshold 0.5")
-    ax.bar(xs + 0.2, [r[2] for r in rows], 0.4, label="ROC threshold (chosen on valid)")
+    done = _finished(grid_df)
+    errs = [[_std_of(first, c)] if first is not None else [] for c in ("test_acc_thr05", "test_acc_thrroc")]
+    errs = [e + ([] if not len(done) else list(done.get(f"{c}_std", pd.Series(np.nan, index=done.index))))
+            for e, c in zip(errs, ("test_acc_thr05", "test_acc_thrroc"))]
+    errs = [np.nan_to_num(np.array(e, dtype=float)) for e in errs]
+    ax.bar(xs - 0.2, [r[1] for r in rows], 0.4, yerr=errs[0], capsize=3, label="threshold 0.5")
+    ax.bar(xs + 0.2, [r[2] for r in rows], 0.4, yerr=errs[1], capsize=3, label="ROC threshold (chosen on valid)")
     for x, r in zip(xs, rows):
         ax.annotate(f"t={r[3]:.2f}", (x + 0.2, r[2]), ha="center", fontsize=8, xytext=(0, 3),
                     textcoords="offset points")
@@ -217,6 +252,11 @@ def threshold_effect(grid_df: pd.DataFrame, first: Optional[pd.Series], out_dir:
     ax.legend(loc="upper left", ncol=2)
     ax.set_title("Effect of threshold selection on the test split")
     return save(fig, out_dir, "part1_threshold_effect", tight=True)
+
+
+def _std_of(row: pd.Series, col: str) -> float:
+    v = row.get(f"{col}_std") if hasattr(row, "get") else None
+    return float(v) if v is not None and not pd.isna(v) else np.nan
 
 
 def fpr_fnr(grid_df: pd.DataFrame, first: Optional[pd.Series], out_dir: Path | str) -> Path:

@@ -38,7 +38,7 @@ def build_figures(data: ReportData, out_dir: Path) -> Dict[str, List[Path]]:
         if len(runs):
             figs[grid] = F.cifar_curve_figures(grid, runs, data.histories[grid], out_dir)
             if len(data.finished(grid)):
-                figs[grid].append(F.accuracy_vs_depth_width(grid, runs, out_dir))
+                figs[grid].append(F.accuracy_vs_depth_width(grid, data.configs(grid), out_dir, seeds=runs))
     cifar_done = {g: data.finished(g) for g in query.CIFAR_GRIDS if g != "test_run" and len(data.finished(g))}
     if cifar_done:
         figs["cifar"] = [F.depth_overview(cifar_done, out_dir)]
@@ -47,13 +47,13 @@ def build_figures(data: ReportData, out_dir: Path) -> Dict[str, List[Path]]:
 
     first, mlp = data.first, data.finished("mlp_grid")
     splits = make_synthetic_splits(42) if first is not None or len(mlp) else None
-    if first is not None:
-        hist = data.histories["first_classifier"]
-        figs["first_classifier"] = F.first_classifier_figures(first, hist[hist["run_id"] == first["run_id"]], splits,
+    if first is not None:  # one picture: the first seed as it ran (its model, threshold, curves)
+        run, hist = data.first_run, data.histories["first_classifier"]
+        figs["first_classifier"] = F.first_classifier_figures(run, hist[hist["run_id"] == run["run_id"]], splits,
                                                               out_dir)
     if len(mlp):
         depths, widths = query.mlp_axes(mlp)
-        figs["mlp_grid"] = [F.mlp_mosaic(mlp, splits, out_dir, depths, widths)]
+        figs["mlp_grid"] = [F.mlp_mosaic(data.first_seeds("mlp_grid"), splits, out_dir, depths, widths)]
     if first is not None or len(mlp):
         key = "mlp_grid" if len(mlp) else "first_classifier"
         figs[key] = figs.get(key, []) + [F.threshold_effect(mlp, first, out_dir), F.fpr_fnr(mlp, first, out_dir)]
