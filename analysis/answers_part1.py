@@ -8,10 +8,13 @@ from typing import Dict, Tuple
 import numpy as np
 import pandas as pd
 
-from analysis.answers_common import MLP_RECIPE_KEYS, acc_pairs, count_or_na, figs, n_params_mlp, recipe_line
+from analysis.answers_common import (MLP_RECIPE_KEYS, count_or_na, figs, n_params_mlp, recipe_line, spread_cell,
+                                     stat_pairs)
 from analysis.data import ReportData
+from analysis.datasets import smoke_mark
 from analysis.query import mlp_axes
-from analysis.text import bullet, count, missing_note, num, pct, points, rate, recipe, table, trend
+from analysis.spread import NO_SPREAD, Stat, compare, spread_trend, verdict
+from analysis.text import bullet, count, missing_note, num, pct, points, rate, recipe, table
 
 # What "high" means in Part 1 Q1 (the programme: "I would take measures to decrease it").
 STILL_LEARNING_REL_DROP = 0.05   # train loss fell > 5 % over the last quarter of the epochs
@@ -27,8 +30,9 @@ def part1_q1(data: ReportData, out_dir: Path) -> str:
     h = h[h["run_id"] == fc["run_id"]].sort_values("epoch")
     tr_acc, va_acc = h["train_acc"].iloc[-1], h["valid_acc_epoch"].iloc[-1]
     errors = [_optimization_error(h, tr_acc), _generalization_error(h, tr_acc, va_acc),
-              _approximation_error(data, fc["train_acc_thr05"])]
-    return "\n\n".join(["### Question 1", _q1_setup(fc, h), bullet(errors),
+              _approximation_error(data, Stat.of(fc, "train_acc_thr05"))]
+    mark = smoke_mark("first_classifier", data.smoke("first_classifier"))
+    return "\n\n".join(["### Question 1", *([mark] if mark else []), _q1_setup(fc, h), bullet(errors),
                         figs(data, "first_classifier", out_dir, "First classifier")])
 
 
@@ -41,11 +45,22 @@ def _q1_setup(fc: pd.Series, h: pd.DataFrame) -> str:
             f"{fc.get('optimizer.name', 'its optimizer')} (lr {fc.get('optimizer.lr')}). After the last epoch it "
             f"reaches {pct(tr_acc)} train accuracy (loss {num(h['train_loss'].iloc[-1], 3)}) and {pct(va_acc)} "
             f"validation accuracy (loss {num(h['valid_loss'].iloc[-1], 3)}) at threshold 0.5; with the ROC threshold "
-            f"chosen on validation ({num(fc['roc_threshold'], 3)}) it scores {pct(fc['test_acc'])} on test. "
+            f"chosen on validation ({num(fc['roc_threshold'], 3)}) it scores {Stat.of(fc).quote()} on test. "
+            + _first_seed_note(fc) +
             f"\"High\" below means: the train loss still fell by more than {STILL_LEARNING_REL_DROP:.0%} over the "
             f"last quarter of the epochs (optimization), the train-valid accuracy gap exceeds {GAP_POINTS:.0f} "
             f"points or the validation loss climbs back from its minimum (generalization), a larger model of the "
             f"grid fits the training data more than {APPROX_POINTS:.0f} points better (approximation).")
+
+
+def _first_seed_note(fc: pd.Series) -> str:
+    """With several seeds: which numbers are means and which are the first seed's curves."""
+    n = int(fc.get("n_seeds", 1) or 1)
+    if n < 2:
+        return ""
+    return (f"The test accuracy is the mean over {n} seeds (± their std); the curves, the threshold and the "
+            f"train and validation accuracies after the last epoch are those of the first seed "
+            f"(seed {fc.get('seed')}). ")
 
 
 def _optimization_error(h: pd.DataFrame, tr_acc: float) -> str:
@@ -94,21 +109,23 @@ def _generalization_error(h: pd.DataFrame, tr_acc: float, va_acc: float) -> str:
                "the model transfers well despite the shift."))
 
 
-def _approximation_error(data: ReportData, fc_train: float) -> str:
-    """High when a larger model of the MLP grid fits the training set more than APPROX_POINTS better."""
+def _approximation_error(data: ReportData, fc_train: Stat) -> str:
+    """High when a larger model of the MLP grid fits the training set more than APPROX_POINTS better
+    (and, with several seeds, beyond the seed spread)."""
     mlp = data.finished("mlp_grid")
     if not len(mlp) or "train_acc_thr05" not in mlp:
         return (f"**Approximation error:** the MLP grid has not been run in this store, so there is no larger model "
-                f"to compare with; the model fits {pct(fc_train)} of the training set and its decision boundary "
+                f"to compare with; the model fits {fc_train.quote()} of the training set and its decision boundary "
                 f"(figure) is non-linear, which is what the moons need.")
     best = mlp.loc[mlp["train_acc_thr05"].idxmax()]
-    margin = best["train_acc_thr05"] - fc_train
-    return (f"**Approximation error: {'high' if margin > APPROX_POINTS else 'low'}.** Evaluated after training "
-            f"at threshold 0.5, it fits {pct(fc_train)} of the training set; the best-fitting model of the "
+    fit = Stat.of(best, "train_acc_thr05")
+    high = fit.mean - fc_train.mean > APPROX_POINTS and verdict(fit, fc_train) != "noise"
+    return (f"**Approximation error: {'high' if high else 'low'}.** Evaluated after training "
+            f"at threshold 0.5, it fits {fc_train.quote()} of the training set; the best-fitting model of the "
             f"depth x width grid ({best['label']}, {count(best['n_params'])} parameters) fits "
-            f"{pct(best['train_acc_thr05'])} ({points(margin)}). "
+            f"{fit.short()} ({compare(fit, fc_train)}). "
             + ("A richer model class fits the data clearly better, so this one is too restricted."
-               if margin > APPROX_POINTS else
+               if high else
                "More capacity does not fit the data much better, and the decision boundary (figure) already "
                "follows the curved moons: the remaining train error is the overlap of the noisy classes, "
                "not a limit of the model."))
@@ -147,10 +164,10 @@ def part1_q2(data: ReportData) -> str:
               f"so **we expect the {expect} to be higher on validation**.")
     if fc is None:
         return "### Question 2\n\n" + reason + "\n\n" + missing_note("first_classifier", data.experiment)
-    fpr, fnr = fc["valid_fpr_thr05"], fc["valid_fnr_thr05"]
-    measured = "FNR" if fnr > fpr else "FPR"
-    verdict = ("as expected" if measured == expect else
-               "contrary to that expectation; the learned boundary differs from the nearest-neighbour one")
+    fpr, fnr = Stat.of(fc, "valid_fpr_thr05"), Stat.of(fc, "valid_fnr_thr05")
+    measured = "FNR" if fnr.mean > fpr.mean else "FPR"
+    agrees = ("as expected" if measured == expect else
+              "contrary to that expectation; the learned boundary differs from the nearest-neighbour one")
     thr = fc["roc_threshold"]
     shift = (f"The ROC threshold chosen on validation is {num(thr, 3)}, "
              + ("below 0.5: to balance the errors the model must call more samples positive, which confirms that "
@@ -160,16 +177,27 @@ def part1_q2(data: ReportData) -> str:
                f"{rate(fc['valid_fnr_thrroc'])}.")
     return "\n\n".join([
         "### Question 2", reason,
-        f"Measured on the first classifier at threshold 0.5: validation FPR = {rate(fpr)}, FNR = {rate(fnr)} — the "
-        f"{measured} is higher, {verdict}. On train the two are {rate(fc['train_fpr_thr05'])} / "
-        f"{rate(fc['train_fnr_thr05'])} (FPR / FNR), closer together, because train is the distribution the "
-        f"boundary was fit to.", shift])
+        f"Measured on the first classifier at threshold 0.5: validation FPR = {fpr.short(rate, 3)}, FNR = "
+        f"{fnr.short(rate, 3)} — {_rates_verdict(fpr, fnr, measured, agrees)}. On train the two are "
+        f"{Stat.of(fc, 'train_fpr_thr05').short(rate, 3)} / {Stat.of(fc, 'train_fnr_thr05').short(rate, 3)} "
+        f"(FPR / FNR), closer together, because train is the distribution the boundary was fit to.", shift])
+
+
+def _rates_verdict(fpr: Stat, fnr: Stat, measured: str, agrees: str) -> str:
+    """'the FNR is higher, as expected', said beyond the seed spread only (rates: 3 decimals)."""
+    v = verdict(fnr, fpr)
+    if v == "noise":
+        return (f"the two are within seed noise of each other (n={fpr.n}, stds {fpr.std:.3f} and {fnr.std:.3f}), so "
+                f"these runs do not show which is higher")
+    seeds = f" (n={fpr.n}, beyond the seed spread)" if v != "unknown" else f" (one seed: {NO_SPREAD})"
+    return f"the {measured} is higher, {agrees}{seeds}"
 
 
 def part1_q3(data: ReportData) -> str:
     fc = data.first
-    anchor = (f" (for the first classifier that point sits at validation FPR {rate(fc['valid_fpr_thrroc'])}, "
-              f"FNR {rate(fc['valid_fnr_thrroc'])}, threshold {num(fc['roc_threshold'], 3)})" if fc is not None else "")
+    anchor = (f" (for the first classifier that point sits at validation FPR "
+              f"{Stat.of(fc, 'valid_fpr_thrroc').short(rate, 3)}, FNR {Stat.of(fc, 'valid_fnr_thrroc').short(rate, 3)}, "
+              f"threshold {Stat.of(fc, 'roc_threshold').short(lambda v: num(v, 3), 3)})" if fc is not None else "")
     return "\n\n".join([
         "### Question 3",
         f"No. The \"optimal\" point used so far, the ROC point closest to (FPR=0, TPR=1){anchor}, weighs a false "
@@ -198,8 +226,10 @@ def part1_q4(data: ReportData, out_dir: Path) -> str:
     act = recipe(mlp, ["activation"]).get("activation", "relu")
     recipe_text = (f"Recipe shared by the cells: {recipe_line(mlp, MLP_RECIPE_KEYS)}; validation chooses each "
                    f"cell's threshold, test "
-                   f"judges it. Test accuracy here is at the ROC threshold, as in the programme's mosaic.")
-    return "\n\n".join(["### Question 4", _q4_coverage(mlp), recipe_text, _q4_table(mlp),
+                   f"judges it. Test accuracy here is at the ROC threshold, as in the programme's mosaic."
+                   + _q4_seeds_note(mlp))
+    mark = smoke_mark("mlp_grid", data.smoke("mlp_grid"))
+    return "\n\n".join(["### Question 4", *([mark] if mark else []), _q4_coverage(mlp), recipe_text, _q4_table(mlp),
                         figs(data, "mlp_grid", out_dir, "MLP grid"), _q4_axis(mlp, Q4_WIDTH, act),
                         _q4_axis(mlp, Q4_DEPTH, act), _q4_pairs(mlp, act), _q4_threshold(mlp)])
 
@@ -212,12 +242,22 @@ def _q4_coverage(mlp: pd.DataFrame) -> str:
             + (f"; not run: {', '.join(missing_cells)}" if missing_cells else "") + ".")
 
 
+def _q4_seeds_note(mlp: pd.DataFrame) -> str:
+    n = int(mlp["n_seeds"].max()) if "n_seeds" in mlp.columns else 1
+    return (f" Each cell's numbers are means over its seeds (up to {n}; the test accuracy's std in the ± column); "
+            f"the mosaic shows each cell's first seed." if n > 1 else "")
+
+
 def _q4_table(mlp: pd.DataFrame) -> str:
+    mlp = mlp.assign(**{c: np.nan for c in ("test_acc_std",) if c not in mlp.columns})
+    if "n_seeds" not in mlp.columns:
+        mlp = mlp.assign(n_seeds=1)
     return table(mlp.sort_values(["width", "depth"]), [
         ("label", "model", str), ("depth", "depth", str), ("width", "width", str),
         ("n_params", "params", count_or_na), ("roc_threshold", "ROC thr", lambda v: num(v, 3)),
         ("train_acc_thr05", "train acc (0.5)", pct), ("valid_acc", "valid acc (0.5)", pct),
-        ("test_acc_thr05", "test acc (0.5)", pct), ("test_acc", "test acc (ROC thr)", pct)])
+        ("test_acc_thr05", "test acc (0.5)", pct), ("test_acc", "test acc (ROC thr)", pct),
+        ("test_acc_std", "± std", spread_cell), ("n_seeds", "seeds", str)])
 
 
 @dataclass(frozen=True)
@@ -262,17 +302,26 @@ Q4_DEPTH = AxisProse(
     "information lost in the first narrow layer cannot be recovered by the next ones.")
 
 
+def _axis_stat(cells: pd.DataFrame) -> Stat:
+    """The mean over cells of their mean test accuracy; its spread is the cells' typical seed std."""
+    stats = [Stat.of(r) for _, r in cells.iterrows()]
+    stds = [s.std for s in stats if s.has_spread]
+    known = len(stds) == len(stats) and stats
+    return Stat(float(np.mean([s.mean for s in stats])), float(np.mean(stds)) if known else np.nan,
+                min(s.n for s in stats) if known else 1)
+
+
 def _q4_axis(mlp: pd.DataFrame, prose: AxisProse, act: str) -> str:
-    """One trend line per held value, then the mean effect of the varying axis and its reading."""
+    """One trend line per held value, then the mean effect of the varying axis and its reading
+    (the 'gains' reading only when the gain also exceeds the seed spread, where one is known)."""
     fixed, varies = prose.fixed, prose.varies
-    lines = [f"{fixed} {v}: test accuracy {trend(acc_pairs(mlp[mlp[fixed] == v], varies), varies)}"
+    lines = [f"{fixed} {v}: test accuracy {spread_trend(stat_pairs(mlp[mlp[fixed] == v], varies), varies)}"
              for v in sorted(set(mlp[fixed]))]
     small, big = min(mlp[varies]), max(mlp[varies])
-    mean_acc = mlp.groupby(varies)["test_acc"].mean()
-    gain = mean_acc[big] - mean_acc[small]
-    values = dict(small=small, big=big, small_acc=pct(mean_acc[small]), big_acc=pct(mean_acc[big]),
-                  gain=points(gain), act=act)
-    reading = prose.gains if gain > AXIS_GAIN_POINTS else prose.no_gain
+    lo, hi = _axis_stat(mlp[mlp[varies] == small]), _axis_stat(mlp[mlp[varies] == big])
+    gain = hi.mean - lo.mean
+    values = dict(small=small, big=big, small_acc=lo.short(), big_acc=hi.short(), gain=compare(hi, lo), act=act)
+    reading = prose.gains if gain > AXIS_GAIN_POINTS and verdict(hi, lo) != "noise" else prose.no_gain
     return (f"{prose.title}\n\n{bullet(lines)}\n\n"
             + (prose.average + reading + prose.closing).format(**values))
 
@@ -308,12 +357,19 @@ def _q4_pair(mlp: pd.DataFrame, shallow: Tuple[int, int], deep: Tuple[int, int],
         return head + f" Not comparable from this store: {absent[0]} has not been run."
     if absent:
         return head + f" Not comparable from this store: neither {absent[0]} nor {absent[1]} has been run."
-    a1, a2 = cells[shallow]["test_acc"].iloc[0], cells[deep]["test_acc"].iloc[0]
-    return head + f" Measured test accuracy: {pct(a1)} vs {pct(a2)}; " + _pair_verdict(shallow, deep, a1, a2)
+    s1, s2 = Stat.of(cells[shallow].iloc[0]), Stat.of(cells[deep].iloc[0])
+    return (head + f" Measured test accuracy: {s1.short()} vs {s2.short()} "
+            + (f"(n={s1.n} and {s2.n}); " if s1.has_spread and s2.has_spread else f"(one seed: {NO_SPREAD}); ")
+            + _pair_verdict(shallow, deep, s1, s2))
 
 
-def _pair_verdict(shallow: Tuple[int, int], deep: Tuple[int, int], a1: float, a2: float) -> str:
-    if abs(a1 - a2) <= PAIR_CLOSE_POINTS:
+def _pair_verdict(shallow: Tuple[int, int], deep: Tuple[int, int], s1: Stat, s2: Stat) -> str:
+    """Which arrangement of the units did better: beyond the seed spread, or (one seed) beyond a point."""
+    a1, a2, v = s1.mean, s2.mean, verdict(s1, s2)
+    if v == "noise":
+        return (f"the two are within seed noise ({compare(s1, s2)}), so at this budget the arrangement of the "
+                f"units hardly matters on this simple 2D problem.")
+    if v == "unknown" and abs(a1 - a2) <= PAIR_CLOSE_POINTS:
         return ("the two are within a point of each other, so at this budget the arrangement of the units "
                 "hardly matters on this simple 2D problem.")
     better = _cell_name(shallow) if a1 > a2 else _cell_name(deep)
@@ -321,7 +377,8 @@ def _pair_verdict(shallow: Tuple[int, int], deep: Tuple[int, int], a1: float, a2
            "well." if a2 > a1 else
            "The wide shallow net is easier to optimise in few epochs, and one wide tanh layer already approximates "
            "the needed boundary (universal approximation), so depth brings no gain.")
-    return f"{better} is better by {abs(a1 - a2):.1f} points. " + why
+    spread = ", beyond the seed spread" if v != "unknown" else ""
+    return f"{better} is better by {abs(a1 - a2):.1f} points{spread}. " + why
 
 
 # Q4 part 4, by whether the validation-chosen threshold raised the mean test accuracy.

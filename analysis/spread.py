@@ -81,10 +81,11 @@ def is_finding(a: Stat, b: Stat) -> bool:
 
 def compare(a: Stat, b: Stat) -> str:
     """The difference a - b with what it is worth: `+2.1 points, beyond the seed spread (0.9)`,
-    `+0.4 points, within seed noise (spread 0.9)`, or `+0.4 points (a single seed: no spread known)`."""
+    `+0.4 points, within seed noise (the two stds add up to 0.9)`, or `+0.4 points; single seed, no spread
+    known: not a measured difference`."""
     d, v = a.mean - b.mean, verdict(a, b)
     if v == "unknown":
-        return f"{points(d)} (a single seed on at least one side: {NO_SPREAD}, so not a measured difference)"
+        return f"{points(d)}; single seed, {NO_SPREAD}: not a measured difference"
     if v == "noise":
         return f"{points(d)}, within seed noise (the two stds add up to {a.std + b.std:.1f})"
     return f"{points(d)}, beyond the seed spread (the two stds add up to {a.std + b.std:.1f})"
@@ -150,7 +151,7 @@ def spread_trend(pairs: Sequence[Tuple[Any, Stat]], name: str) -> str:
 # ----------------------------------------------------------------------------- aggregation
 def _first_seed(rows: pd.DataFrame, config: str) -> pd.Series:
     """The run that represents a configuration in pictures: the programme-named first seed."""
-    named = rows[rows["run_name"] == config]
+    named = rows[rows["run_name"] == config] if "run_name" in rows.columns else rows.iloc[0:0]
     if len(named):
         return named.iloc[0]
     if "seed" in rows.columns and rows["seed"].notna().any():
@@ -169,7 +170,7 @@ def _aggregate(rows: pd.DataFrame, config: str) -> dict:
         out[col] = (values.iloc[0] if len(values) else math.nan) if constant else float(values.mean())
         out[f"{col}_std"] = float(values.std(ddof=1)) if len(values) >= 2 else math.nan
         out[f"{col}_n"] = len(values)
-    out.update(run_name=config, n_seeds=len(rows), run_ids=list(rows["run_id"]),
+    out.update(run_name=config, n_seeds=len(rows), run_ids=list(rows.get("run_id", [])),
                seeds=list(rows["seed"]) if "seed" in rows.columns else [])
     return out
 
@@ -183,13 +184,13 @@ def per_config(runs: pd.DataFrame) -> pd.DataFrame:
     finished seed keeps its newest run as it is (n_seeds 0). Order: the frame's (programme) order."""
     if not len(runs):
         return runs.assign(n_seeds=pd.Series(dtype="int64"), n_unfinished=pd.Series(dtype="int64"))
-    key = runs["config"] if "config" in runs.columns else runs["run_name"]
+    key = runs[next(c for c in ("config", "run_name", "label") if c in runs.columns)]
     rows: List[dict] = []
     for config in dict.fromkeys(key):
         group = runs[key == config]
         done = group[group["status"] == FINISHED]
         row = _aggregate(done, config) if len(done) else {**group.iloc[0].to_dict(), "n_seeds": 0,
-                                                              "run_ids": list(group["run_id"]), "seeds": []}
+                                                              "run_ids": list(group.get("run_id", [])), "seeds": []}
         row["n_unfinished"] = len(group) - max(len(done), 1)  # runs besides those the row stands for
         rows.append(row)
     return pd.DataFrame(rows)

@@ -205,8 +205,9 @@ def test_report_cli_builds_every_figure_and_answer(full_store, tmp_path):
     for row in rows:
         run = mlp.loc[row[0]]
         assert int(row[3].replace(",", "")) == run["n_params"]
-        assert _pct(row[-1]) == pytest.approx(run["test_acc"], abs=0.051)
-        assert _pct(row[-2]) == pytest.approx(run["test_acc_thr05"], abs=0.051)
+        assert _pct(row[-3]) == pytest.approx(run["test_acc"], abs=0.051)  # then the ± std and seeds columns
+        assert _pct(row[-4]) == pytest.approx(run["test_acc_thr05"], abs=0.051)
+        assert row[-2] == "n/a" and row[-1] == "1"  # one seed: no spread known
         assert float(row[4]) == pytest.approx(run["roc_threshold"], abs=0.0006)
     pair = re.search(r"depth=1, width=32 vs depth=4, width=8: counted on the project's MLP, they have ([\d,]+) vs "
                      r"([\d,]+) parameters.*?Measured test accuracy: ([\d.]+)% vs ([\d.]+)%", md)
@@ -354,7 +355,7 @@ def test_exp2_answer_judges_only_what_has_finished(mlflow_store, tmp_path):
     assert "| exp2_L6_K32-64-128 |" in md and "RUNNING |" in md
     assert "none, but only L=3 has finished, so depth is not tested here yet." in md
     assert "Still running, so not in the figures above: L6_K32-64-128." in md
-    assert "Test accuracy is known only at L=3 (89.5%): no other L has finished." in md
+    assert "Test accuracy is known only at L=3 (89.5%, one seed: no spread known): no other L has finished." in md
 
 
 def test_missing_note_names_the_command_that_runs_the_missing_part():
@@ -447,56 +448,59 @@ Q4_PARTIAL_GRID = (
     "cell's threshold, test judges it. Test accuracy here is at the ROC threshold, as in the "
     "programme's mosaic.\n"
     '\n'
-    '| model | depth | width | params | ROC thr | train acc (0.5) | valid acc (0.5) | test acc (0.5) '
-    '| test acc (ROC thr) |\n'
-    '|---|---|---|---|---|---|---|---|---|\n'
-    '| d4_w8 | 4 | 8 | 320 | 0.600 | 84.0% | 81.0% | 81.5% | 82.0% |\n'
-    '| d1_w32 | 1 | 32 | 320 | 0.600 | 90.0% | 87.0% | 87.5% | 88.0% |\n'
-    '| d4_w32 | 4 | 32 | 1,280 | 0.600 | 84.0% | 81.0% | 81.5% | 82.0% |\n'
+    '| model | depth | width | params | ROC thr | train acc (0.5) | valid acc (0.5) | test acc '
+    '(0.5) | test acc (ROC thr) | ± std | seeds |\n'
+    '|---|---|---|---|---|---|---|---|---|---|---|\n'
+    '| d4_w8 | 4 | 8 | 320 | 0.600 | 84.0% | 81.0% | 81.5% | 82.0% | n/a | 1 |\n'
+    '| d1_w32 | 1 | 32 | 320 | 0.600 | 90.0% | 87.0% | 87.5% | 88.0% | n/a | 1 |\n'
+    '| d4_w32 | 4 | 32 | 1,280 | 0.600 | 84.0% | 81.0% | 81.5% | 82.0% | n/a | 1 |\n'
     '\n'
     '\n'
     '\n'
     '**1. Columns (fixed depth, width varies).**\n'
     '\n'
-    '- depth 1: test accuracy is known only at width=32 (88.0%): no other width has finished\n'
+    '- depth 1: test accuracy is known only at width=32 (88.0%, one seed: no spread known): no '
+    'other width has finished\n'
     '- depth 4: test accuracy is flat along width (all within 0.0 points: width=8: 82.0%, width=32: '
-    '82.0%)\n'
+    '82.0%) (one seed each: no spread known)\n'
     '\n'
-    'Averaged over depths, the widest cells (width 32) score 85.0% and the narrowest (width 8) 82.0% '
-    '(+3.0 points). Width is what lets the boundary bend: each hidden unit contributes one smooth '
-    'tanh ridge, so a narrow layer (width 8) has only 8 ridges to combine and its boundary can bend '
-    "only a few times, cutting through the moons' tips, while wider layers draw the curved boundary "
-    'that wraps around them (mosaic). Beyond a moderate width the boundaries of neighbouring cells '
-    'look alike and the score saturates: the remaining errors come from the overlap of the noisy '
-    'classes and from the shift between the training populations and the test one, which no amount '
-    'of width removes.\n'
+    'Averaged over depths, the widest cells (width 32) score 85.0% and the narrowest (width 8) '
+    '82.0% (+3.0 points; single seed, no spread known: not a measured difference). Width is what '
+    'lets the boundary bend: each hidden unit contributes one smooth tanh ridge, so a narrow layer '
+    '(width 8) has only 8 ridges to combine and its boundary can bend only a few times, cutting '
+    "through the moons' tips, while wider layers draw the curved boundary that wraps around them "
+    '(mosaic). Beyond a moderate width the boundaries of neighbouring cells look alike and the '
+    'score saturates: the remaining errors come from the overlap of the noisy classes and from the '
+    'shift between the training populations and the test one, which no amount of width removes.\n'
     '\n'
     '**2. Rows (fixed width, depth varies).**\n'
     '\n'
-    '- width 8: test accuracy is known only at depth=4 (82.0%): no other depth has finished\n'
-    '- width 32: test accuracy falls with depth, from 88.0% at depth=1 to 82.0% at depth=4; depth=1: '
-    '88.0%, depth=4: 82.0%\n'
+    '- width 8: test accuracy is known only at depth=4 (82.0%, one seed: no spread known): no other '
+    'depth has finished\n'
+    '- width 32: test accuracy falls with depth, from 88.0% at depth=1 to 82.0% at depth=4; '
+    'depth=1: 88.0%, depth=4: 82.0% (one seed each: no spread known)\n'
     '\n'
-    'Averaged over widths, depth 4 scores 82.0% and depth 1 88.0% (-6.0 points). Depth adds little '
-    'here: composing layers gives more complex regions, but the moons need only a moderately curved '
-    'boundary, and deeper nets trained for the same few epochs are harder to optimise. At very small '
-    'width, depth cannot compensate: every layer squeezes the data through that many units, so the '
-    'information lost in the first narrow layer cannot be recovered by the next ones.\n'
+    'Averaged over widths, depth 4 scores 82.0% and depth 1 88.0% (-6.0 points; single seed, no '
+    'spread known: not a measured difference). Depth adds little here: composing layers gives more '
+    'complex regions, but the moons need only a moderately curved boundary, and deeper nets trained '
+    'for the same few epochs are harder to optimise. At very small width, depth cannot compensate: '
+    'every layer squeezes the data through that many units, so the information lost in the first '
+    'narrow layer cannot be recovered by the next ones.\n'
     '\n'
     '**3. Pairs named as having equal parameter counts.**\n'
     '\n'
     "- depth=1, width=32 vs depth=4, width=8: counted on the project's MLP, they have 162 vs 258 "
-    'parameters (different), but the same number of hidden units (32). Measured test accuracy: 88.0% '
-    'vs 82.0%; depth=1, width=32 is better by 6.0 points. The wide shallow net is easier to optimise '
-    'in few epochs, and one wide tanh layer already approximates the needed boundary (universal '
-    'approximation), so depth brings no gain.\n'
-    "- depth=1, width=128 vs depth=4, width=32: counted on the project's MLP, they have 642 vs 3,330 "
-    'parameters (different), but the same number of hidden units (128). Not comparable from this '
-    'store: depth=1, width=128 has not been run.\n'
+    'parameters (different), but the same number of hidden units (32). Measured test accuracy: '
+    '88.0% vs 82.0% (one seed: no spread known); depth=1, width=32 is better by 6.0 points. The '
+    'wide shallow net is easier to optimise in few epochs, and one wide tanh layer already '
+    'approximates the needed boundary (universal approximation), so depth brings no gain.\n'
+    "- depth=1, width=128 vs depth=4, width=32: counted on the project's MLP, they have 642 vs "
+    '3,330 parameters (different), but the same number of hidden units (128). Not comparable from '
+    'this store: depth=1, width=128 has not been run.\n'
     '\n'
     'What the pairs share is the number of hidden neurons, not parameters: a d-layer net of width w '
-    'has about (d-1)w² weights between hidden layers, so splitting the same neurons over more layers '
-    'multiplies the parameters.\n'
+    'has about (d-1)w² weights between hidden layers, so splitting the same neurons over more '
+    'layers multiplies the parameters.\n'
     '\n'
     '**4. Threshold selection on validation.** The ROC thresholds range from 0.600 to 0.600 (all '
     'above 0.5). On the test split the chosen threshold improved 3 of 3 cells, hurt 0 and left 0 '
@@ -525,8 +529,9 @@ def test_part1_q4_prose_takes_the_other_branches_on_a_flat_full_grid():
     md = _part1_q4_of(_mlp_cells(cells, acc=lambda d, w: 85 + 0.01 * w, thr=lambda d, w: 0.3 + 0.1 * d,
                                  delta=lambda d, w: -1.0 if w > 2 else 0.0))
     assert "12 of the 12 cells of the depth x width grid finished." in md
-    assert "(+1.3 points). Width is what lets the boundary bend" in md
-    assert "(+0.0 points). Depth adds little here" in md
+    assert ("(+1.3 points; single seed, no spread known: not a measured difference). Width is what lets the "
+            "boundary bend") in md
+    assert "(+0.0 points; single seed, no spread known: not a measured difference). Depth adds little here" in md
     assert md.count("the two are within a point of each other") == 2
     assert ("The ROC thresholds range from 0.400 to 0.700 (on both sides of 0.5). On the test split the chosen "
             "threshold improved 0 of 12 cells, hurt 9 and left 3 unchanged (within 0.05 points); the mean change is "
