@@ -5,6 +5,8 @@
 
 Modules, one job each: `query` (runs as typed DataFrames, curves, coverage), `data` (everything
 the report needs, fetched once), `loaded` (logged Part 1 models back as classifiers),
+`datasets` (which data copy each grid is answered from, smoke-size runs), `spread` (one row per
+configuration over its seeds, `mean ± std (n=k)`, and when a difference is a finding),
 `figures` (matplotlib PNGs), `text` (number formats, tables, trend sentences), `answers` (the
 answers document: header and assembly; `answers_part1/2/3` hold the questions of each part,
 `answers_common` their shared helpers), `report` (the CLI that ties them together; it never

@@ -196,7 +196,8 @@ def _rates_verdict(fpr: Stat, fnr: Stat, measured: str, agrees: str) -> str:
 def part1_q3(data: ReportData) -> str:
     fc = data.first
     anchor = (f" (for the first classifier that point sits at validation FPR "
-              f"{Stat.of(fc, 'valid_fpr_thrroc').short(rate, 3)}, FNR {Stat.of(fc, 'valid_fnr_thrroc').short(rate, 3)}, "
+              f"{Stat.of(fc, 'valid_fpr_thrroc').short(rate, 3)}, "
+              f"FNR {Stat.of(fc, 'valid_fnr_thrroc').short(rate, 3)}, "
               f"threshold {Stat.of(fc, 'roc_threshold').short(lambda v: num(v, 3), 3)})" if fc is not None else "")
     return "\n\n".join([
         "### Question 3",

@@ -119,9 +119,9 @@ def grid_runs(grid: str, experiment: Optional[str] = None, finished_only: bool =
     copies stay as rows of their own: analysis.datasets picks one copy and lists the others.
     `config` is the configuration's name without the seed suffix (config_of), `data_*` the data
     tags ("" when not recorded), `smoke_tag` the raw smoke tag. Columns: the BASE_COLUMNS, then
-    every param under its own name, cast (see cast_column), then every metric's latest value (a metric that is also a param, like
-    n_params, keeps the typed param); CIFAR rows also get `K` (e.g. "64-128-256"), `L` and
-    `n_convs` (= L x len(K)).
+    every param under its own name, cast (see cast_column), then every metric's latest value (a
+    metric that is also a param, like n_params, keeps the typed param); CIFAR rows also get `K`
+    (e.g. "64-128-256"), `L` and `n_convs` (= L x len(K)).
     """
     runs = search(f"tags.{tracking.GRID_TAG} = '{grid}'", experiment)
     if len(runs):
@@ -145,12 +145,7 @@ def grid_runs(grid: str, experiment: Optional[str] = None, finished_only: bool =
         "config_hash": _col(runs, f"tags.{tracking.HASH_TAG}").values,
         "start_time": runs["start_time"].values,
         "end_time": runs["end_time"].values,
-        "config": [config_of(n, t, p) for n, t, p in zip(runs["run_name"], _col(runs, f"tags.{tracking.CONFIG_TAG}"),
-                                                          _col(runs, f"params.{tracking.SEED_PARAM}"))],
-        "data_digest": runs["_digest"].values,
-        "data_source": _col(runs, f"tags.{tracking.DATA_SOURCE_TAG}").fillna("").values,
-        "data_kind": _col(runs, f"tags.{tracking.DATA_KIND_TAG}").fillna("").values,
-        "smoke_tag": _col(runs, f"tags.{tracking.SMOKE_TAG}").fillna("").values,
+        **_contract_columns(runs),
     })
     present = [c for c in runs.columns if runs[c].notna().any()]  # drop the parents' columns
     for c in sorted(c for c in present if c.startswith("params.")):
@@ -174,6 +169,18 @@ def grid_runs(grid: str, experiment: Optional[str] = None, finished_only: bool =
     order = {name: i for i, name in enumerate(_expected_or_empty(grid))}
     out["_order"] = [order.get(n, len(order)) for n in out["config"]]  # a configuration's seeds stay together
     return out.sort_values(["_order", "run_name"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def _contract_columns(runs: pd.DataFrame) -> Dict[str, Any]:
+    """The seeds/data/smoke contract of training.tracking.runs as columns ("" where not logged)."""
+    return {
+        "config": [config_of(n, t, p) for n, t, p in zip(runs["run_name"], _col(runs, f"tags.{tracking.CONFIG_TAG}"),
+                                                          _col(runs, f"params.{tracking.SEED_PARAM}"))],
+        "data_digest": runs["_digest"].values,
+        "data_source": _col(runs, f"tags.{tracking.DATA_SOURCE_TAG}").fillna("").values,
+        "data_kind": _col(runs, f"tags.{tracking.DATA_KIND_TAG}").fillna("").values,
+        "smoke_tag": _col(runs, f"tags.{tracking.SMOKE_TAG}").fillna("").values,
+    }
 
 
 def config_of(run_name: Any, tag: Any, seed: Any) -> str:

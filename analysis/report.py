@@ -20,6 +20,7 @@ from analysis import figures as F
 from analysis import query
 from analysis.answers import write_answers
 from analysis.data import ReportData, collect
+from analysis.datasets import SMOKE_EXEMPT, left_out_lines
 
 
 @dataclass
@@ -36,7 +37,8 @@ def build_figures(data: ReportData, out_dir: Path) -> Dict[str, List[Path]]:
     for grid in query.CIFAR_GRIDS:
         runs = data.grids[grid]
         if len(runs):
-            figs[grid] = F.cifar_curve_figures(grid, runs, data.histories[grid], out_dir)
+            # one curve per configuration (its first seed), not one per seed
+            figs[grid] = F.cifar_curve_figures(grid, data.configs(grid), data.histories[grid], out_dir)
             if len(data.finished(grid)):
                 figs[grid].append(F.accuracy_vs_depth_width(grid, data.configs(grid), out_dir, seeds=runs))
     cifar_done = {g: data.finished(g) for g in query.CIFAR_GRIDS if g != "test_run" and len(data.finished(g))}
@@ -97,6 +99,11 @@ def summary(result: ReportResult) -> str:
         state = "MISSING" if r.finished == 0 else "complete" if r.finished >= r.expected else "partial"
         extra = f"; not finished: {', '.join(r.unfinished_names)}" if r.unfinished_names else ""
         lines.append(f"  {r.grid:<17} {state:<8} {r.finished}/{r.expected} configurations finished{extra}")
+    smoke = {g: result.data.smoke(g) for g in status["grid"] if g not in SMOKE_EXEMPT}
+    if any(smoke.values()):
+        lines.append("SMOKE-SIZE runs used (answers.md opens with a banner): "
+                     + ", ".join(f"{g} ({len(n)})" for g, n in smoke.items() if n))
+    lines += [f"Left out (another data copy): {line}" for line in left_out_lines(result.data.data)]
     if result.missing:
         lines.append(f"Missing experiments (no finished runs; answers.md says so): {', '.join(result.missing)}")
     n = sum(len(p) for p in result.figures.values())

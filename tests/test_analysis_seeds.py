@@ -206,3 +206,60 @@ def test_smoke_is_inferred_from_the_params_of_older_runs(mlflow_store):
     log_grid("exp1_4", {"L8_K32": [70.0]}, digest=DIGEST_NEW, smoke=False, extra={"epochs": 1})  # the tag wins
     flags = {g: bool(smoke_flags(g, query.grid_runs(g)).iloc[0]) for g in ("exp1_1", "exp1_2", "exp1_3", "exp1_4")}
     assert flags == {"exp1_1": True, "exp1_2": True, "exp1_3": False, "exp1_4": False}
+
+
+# ================================================================================ Part 1 with seeds
+def _log_part1_run(client, exp_id: str, grid: str, name: str, params: Dict, acc: float, parent: Optional[str],
+                   fpr: float, fnr: float) -> None:
+    """One Part 1 run with the metrics its answers read (test at 0.5 and at the ROC threshold,
+    FPR/FNR per split) and two epochs of curves."""
+    tags = {tracking.GRID_TAG: grid, tracking.CONFIG_TAG: params.pop("config"), tracking.DATA_DIGEST_TAG: "c3" * 32,
+            tracking.DATA_KIND_TAG: "synthetic", tracking.DATA_SOURCE_TAG: "make_synthetic_splits(seed=42)"}
+    if parent:
+        tags.update({tracking.ROLE_TAG: "child", "mlflow.parentRunId": parent})
+    run = client.create_run(exp_id, run_name=name, tags=tags)
+    m = dict(test_acc=acc, test_acc_thrroc=acc, test_acc_thr05=acc - 1, valid_acc=acc - 2, valid_acc_thr05=acc - 2,
+             valid_acc_thrroc=acc - 1.5, train_acc_thr05=acc + 3, roc_threshold=0.4)
+    m.update({f"{s}_{e}_{t}": v for s in ("train", "valid", "test") for e, v in (("fpr", fpr), ("fnr", fnr))
+              for t in ("thr05", "thrroc")})
+    metrics = [Metric(k, float(v), 0, 2) for k, v in m.items()]
+    curves = lambda step: dict(train_loss=0.5 / step, train_acc=acc + step, valid_loss=0.6 / step,  # noqa: E731
+                               valid_acc_epoch=acc - 3 + step)
+    metrics += [Metric(k, float(v), 0, step) for step in (1, 2) for k, v in curves(step).items()]
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()], metrics=metrics)
+    client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def test_part1_answers_quote_the_seeds_spread(mlflow_store, tmp_path):
+    from analysis.answers_part1 import part1_q1, part1_q2, part1_q4
+    from analysis.data import collect
+
+    client = MlflowClient()
+    exp_id = client.create_experiment("archlab")
+    fc = dict(n_layers=2, hidden_dims=32, activation="relu", epochs=20)
+    for i, (acc, fnr) in enumerate(((88.0, 0.20), (88.6, 0.22), (89.2, 0.21))):
+        seed = 42 + i
+        _log_part1_run(client, exp_id, "first_classifier", tracking.seed_run_name("first_classifier", seed, i == 0),
+                       {**fc, "seed": seed, "config": "first_classifier"}, acc, None, fpr=0.05, fnr=fnr)
+    parent = client.create_run(exp_id, run_name="mlp_grid", tags={tracking.GRID_TAG: "mlp_grid",
+                                                                 tracking.ROLE_TAG: "parent"}).info.run_id
+    cells = {(1, 32): (90.0, 90.4), (4, 8): (89.8, 90.4), (4, 32): (80.0, 80.2)}
+    for (depth, width), accs in cells.items():
+        for i, acc in enumerate(accs):
+            config = f"d{depth}_w{width}"
+            p = dict(depth=depth, width=width, n_params=depth * width, activation="tanh", epochs=10, seed=42 + i,
+                     config=config)
+            _log_part1_run(client, exp_id, "mlp_grid", tracking.seed_run_name(config, 42 + i, i == 0), p, acc, parent,
+                           fpr=0.1, fnr=0.1)
+    data = collect()
+    q1, q2, q4 = part1_q1(data, tmp_path), part1_q2(data), part1_q4(data, tmp_path)
+    assert "it scores 88.6% ± 0.6 (n=3) on test" in q1 and "the first seed (seed 42)" in q1
+    assert "validation FPR = 0.050 ± 0.000, FNR = 0.210 ± 0.010 — the FNR is higher" in q2
+    assert "(n=3, beyond the seed spread)" in q2
+    row = [line for line in q4.splitlines() if line.startswith("| d1_w32 |")][0]
+    assert row.endswith("| 90.2% | ± 0.3 | 2 |")
+    assert "mosaic shows each cell's first seed" in q4
+    assert ("Measured test accuracy: 90.2% ± 0.3 vs 90.1% ± 0.4 (n=2 and 2); the two are within seed noise "
+            "(+0.1 points, within seed noise") in q4
+    assert "width 32: test accuracy falls with depth (best at depth=1, worst at depth=4: beyond the seed spread)" in q4
+    assert not data.smoke("mlp_grid") and not data.smoke("first_classifier")  # the programme's epochs
