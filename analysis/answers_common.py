@@ -69,7 +69,7 @@ def lead_sentence(df: pd.DataFrame, col: str = "test_acc") -> str:
         return (f"Its lead over the runner-up {second['label']} ({b.short()}) is {points(a.mean - b.mean)}; with a "
                 f"single seed no spread is known, so this ranking is one measurement, not an established trend. ")
     if v == "noise":
-        return (f"Its lead over the runner-up {second['label']} ({b.short()}) is {compare(a, b)}: these runs do not "
+        return (f"Its lead over the runner-up {second['label']} ({b.short()}) is {compare(a, b)}. These runs do not "
                 f"establish which of the two is better. ")
     return f"Its lead over the runner-up {second['label']} ({b.short()}) is {compare(a, b)}. "
 

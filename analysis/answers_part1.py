@@ -175,8 +175,9 @@ def part1_q2(data: ReportData) -> str:
                 "above 0.5: the model over-calls the positive class on validation at 0.5")
              + f"; at that threshold validation FPR is {rate(fc['valid_fpr_thrroc'])} and FNR "
                f"{rate(fc['valid_fnr_thrroc'])}.")
+    mark = smoke_mark("first_classifier", data.smoke("first_classifier"))
     return "\n\n".join([
-        "### Question 2", reason,
+        "### Question 2", *([mark] if mark else []), reason,
         f"Measured on the first classifier at threshold 0.5: validation FPR = {fpr.short(rate, 3)}, FNR = "
         f"{fnr.short(rate, 3)} — {_rates_verdict(fpr, fnr, measured, agrees)}. On train the two are "
         f"{Stat.of(fc, 'train_fpr_thr05').short(rate, 3)} / {Stat.of(fc, 'train_fnr_thr05').short(rate, 3)} "
@@ -323,6 +324,9 @@ def _q4_axis(mlp: pd.DataFrame, prose: AxisProse, act: str) -> str:
     gain = hi.mean - lo.mean
     values = dict(small=small, big=big, small_acc=lo.short(), big_acc=hi.short(), gain=compare(hi, lo), act=act)
     reading = prose.gains if gain > AXIS_GAIN_POINTS and verdict(hi, lo) != "noise" else prose.no_gain
+    if verdict(hi, lo) == "lower":  # measured: the big end is worse, neither reading fits
+        reading = (f"Here {varies} {big} scores lower than {varies} {small} beyond the seed spread: more {varies} "
+                   f"hurts at this training budget. ")
     return (f"{prose.title}\n\n{bullet(lines)}\n\n"
             + (prose.average + reading + prose.closing).format(**values))
 
@@ -368,8 +372,9 @@ def _pair_verdict(shallow: Tuple[int, int], deep: Tuple[int, int], s1: Stat, s2:
     """Which arrangement of the units did better: beyond the seed spread, or (one seed) beyond a point."""
     a1, a2, v = s1.mean, s2.mean, verdict(s1, s2)
     if v == "noise":
-        return (f"the two are within seed noise ({compare(s1, s2)}), so at this budget the arrangement of the "
-                f"units hardly matters on this simple 2D problem.")
+        return (f"the two are within seed noise ({points(a1 - a2)} against stds adding up to "
+                f"{s1.std + s2.std:.1f}), so at this budget the arrangement of the units hardly matters on this simple "
+                f"2D problem.")
     if v == "unknown" and abs(a1 - a2) <= PAIR_CLOSE_POINTS:
         return ("the two are within a point of each other, so at this budget the arrangement of the units "
                 "hardly matters on this simple 2D problem.")

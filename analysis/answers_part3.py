@@ -176,11 +176,11 @@ def _versus(a: Stat, b: Stat, better: str, worse: str, tie: str) -> str:
     """The comparison a vs b in words: better / worse only beyond the seed spread."""
     v = verdict(a, b)
     if v == "higher":
-        return f"{compare(a, b)}: {better}"
+        return f"{compare(a, b)}; {better}"
     if v == "lower":
-        return f"{compare(a, b)}: {worse}"
+        return f"{compare(a, b)}; {worse}"
     if v == "noise":
-        return f"{compare(a, b)}: {tie}"
+        return f"{compare(a, b)}; {tie}"
     return (f"{compare(a, b)}; judged by the single measurement, "
             + (tie if abs(a.mean - b.mean) < 0.5 else better if a.mean > b.mean else worse))
 

@@ -80,15 +80,15 @@ def is_finding(a: Stat, b: Stat) -> bool:
 
 
 def compare(a: Stat, b: Stat) -> str:
-    """The difference a - b with what it is worth: `+2.1 points, beyond the seed spread (0.9)`,
-    `+0.4 points, within seed noise (the two stds add up to 0.9)`, or `+0.4 points; single seed, no spread
-    known: not a measured difference`."""
+    """The difference a - b with what it is worth: `+2.1 points, beyond the seed spread: the two stds
+    add up to 0.9`, `+0.4 points, within seed noise: the two stds add up to 0.9`, or `+0.4 points;
+    single seed, no spread known: not a measured difference`."""
     d, v = a.mean - b.mean, verdict(a, b)
     if v == "unknown":
         return f"{points(d)}; single seed, {NO_SPREAD}: not a measured difference"
     if v == "noise":
-        return f"{points(d)}, within seed noise (the two stds add up to {a.std + b.std:.1f})"
-    return f"{points(d)}, beyond the seed spread (the two stds add up to {a.std + b.std:.1f})"
+        return f"{points(d)}, within seed noise: the two stds add up to {a.std + b.std:.1f}"
+    return f"{points(d)}, beyond the seed spread: the two stds add up to {a.std + b.std:.1f}"
 
 
 def spread_note(stats: Sequence[Stat]) -> str:

@@ -142,7 +142,7 @@ def test_report_over_seeds_prints_spread_and_separates_findings_from_noise(mlflo
     assert len(table) == 1 and "| 76.0% | ± 0.5 | 3 |" in table[0]
     q5 = _section(md, "### Question 5 (experiment 2")
     assert re.search(r"best network of experiment 1 is L4_K32 in exp1_1 with 76\.0% ± 0\.5 \(n=3\): YourCNN is "
-                     r"\+0\.4 points, within seed noise \(the two stds add up to 1\.0\): on par\.", q5), q5
+                     r"\+0\.4 points, within seed noise: the two stds add up to 1\.0; on par\.", q5), q5
     assert "Smoke-size" not in md  # full-size runs: no banner, no marks
     assert "finished seeds per configuration" in md and "| exp1_1 | lossless copy, digest `b2b2b2b2b2b2`" in md
     assert (tmp_path / "r" / "figures" / "exp1_1_accuracy_vs_L_K.png").is_file()
@@ -260,6 +260,7 @@ def test_part1_answers_quote_the_seeds_spread(mlflow_store, tmp_path):
     assert row.endswith("| 90.2% | ± 0.3 | 2 |")
     assert "mosaic shows each cell's first seed" in q4
     assert ("Measured test accuracy: 90.2% ± 0.3 vs 90.1% ± 0.4 (n=2 and 2); the two are within seed noise "
-            "(+0.1 points, within seed noise") in q4
+            "(+0.1 points against stds adding up to 0.7)") in q4
+    assert "Here width 32 scores lower than width 8 beyond the seed spread: more width hurts" in q4
     assert "width 32: test accuracy falls with depth (best at depth=1, worst at depth=4: beyond the seed spread)" in q4
     assert not data.smoke("mlp_grid") and not data.smoke("first_classifier")  # the programme's epochs
