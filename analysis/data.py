@@ -31,6 +31,7 @@ class ReportData:
     figures: Dict[str, List[Path]] = field(default_factory=dict)  # filled by analysis.report
     reference: pd.DataFrame = field(default_factory=pd.DataFrame)  # query.reference_runs (calibration)
     data: Dict[str, DataChoice] = field(default_factory=dict)       # the data copy each grid uses
+    _configs: Dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)  # per_config, computed once
 
     def runs(self, grid: str) -> pd.DataFrame:
         """The FINISHED runs of `grid`, one row per seed."""
@@ -39,7 +40,9 @@ class ReportData:
 
     def configs(self, grid: str) -> pd.DataFrame:
         """One row per configuration, any status (spread.per_config): what tables list."""
-        return per_config(self.grids.get(grid, query.empty_grid_frame()))
+        if grid not in self._configs:
+            self._configs[grid] = per_config(self.grids.get(grid, query.empty_grid_frame()))
+        return self._configs[grid].copy()
 
     def finished(self, grid: str) -> pd.DataFrame:
         """One row per configuration with a finished seed: the mean over its finished seeds, with
