@@ -122,7 +122,7 @@ def int_or_na(v: Any) -> str:
 
 
 COMPARABLE_KEYS = ("optimizer", "lr", "reg", "bs_train", "epochs", "early_stopping", "batches", "n_train", "n_valid",
-                   "hidden_dims", "augment", "seed")
+                   "hidden_dims", "augment", "seed", "data_digest")  # data_digest: the two ran on other data
 
 
 def recipe_differences(merged: pd.DataFrame, a: str, b: str) -> List[str]:

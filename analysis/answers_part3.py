@@ -117,14 +117,23 @@ def part3_q2(data: ReportData, out_dir: Path) -> str:
             text.append(f"{len(shared)} configurations appear in both experiments {same} "
                         f"({', '.join(shared['label'])}); their test accuracies differ by {diffs.mean():.1f} points on "
                         f"average (at most {diffs.max():.1f}). "
-                        + ("That is the run-to-run noise of a single training, a yardstick for which of the "
-                           "differences above are real." if not differ else
+                        + (_noise_yardstick(shared) if not differ else
                            "Because the settings differ, this is not a measure of run-to-run noise."))
     else:
         text.append("**Compared with experiment 1.1:** " + missing_note("exp1_1", data.experiment))
     bad, criterion = untrainable_text(data.grids["exp1_2"])
     text.append(f"Not trainable in 1.2 {criterion}: {', '.join(bad) if bad else 'none'}.")
     return "\n\n".join([head, *_cifar_section(data, "exp1_2", out_dir), *text])
+
+
+def _noise_yardstick(shared: pd.DataFrame) -> str:
+    """What the 1.1/1.2 overlap says about noise, next to the seeds' own spread when there is one."""
+    stds = pd.concat([shared.get(f"test_acc_std{s}", pd.Series(dtype=float)) for s in ("_12", "_11")]).dropna()
+    if len(stds):
+        return (f"Trained again in another grid, a configuration moves by that much; its own seeds spread by "
+                f"{stds.mean():.1f} points (mean std), the yardstick every comparison above is held to.")
+    return ("That is the run-to-run noise of a single training, a yardstick for which of the differences above are "
+            "real.")
 
 
 def _widest_vs_narrowest(df: pd.DataFrame) -> List[Tuple[Any, Stat, Stat]]:

@@ -173,6 +173,15 @@ def test_the_newest_data_copy_is_used_and_the_other_listed(mlflow_store, tmp_pat
     assert "80.2%" in q2 and "50.1%" not in q2 and "51.1%" not in q2  # never mixed into a table
 
 
+def test_a_comparison_across_data_copies_says_so(mlflow_store, tmp_path):
+    log_grid("exp1_1", {"L2_K32": [50.0, 50.2]}, digest=DIGEST_OLD, kind="jpeg", source="/data/cifar10-q75")
+    log_grid("exp1_2", {"L2_K32": [80.0, 80.4]}, digest=DIGEST_NEW)
+    q2 = _section(build_report(tmp_path / "r", log_artifacts=False).answers.read_text(), "### Question 2 (exp")
+    assert ("1 configurations appear in both experiments but with different settings (data_digest) (L2_K32); "
+            "their test accuracies differ by 30.1 points") in q2
+    assert "Because the settings differ, this is not a measure of run-to-run noise." in q2
+
+
 def test_unrecorded_data_is_left_out_when_recorded_data_exists(mlflow_store, tmp_path):
     log_grid("exp1_1", {"L2_K32": [60.0, 61.0]}, digest=None)  # logged before the contract
     log_grid("exp1_1", {"L2_K32": [70.0, 71.0]}, digest=DIGEST_NEW)
