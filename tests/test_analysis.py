@@ -74,8 +74,10 @@ def stores(tmp_path_factory):
         # A newer FAILED retry of a finished configuration: the finished run must still represent it.
         client = MlflowClient()
         done = query.grid_runs("exp1_1").set_index("run_name").loc["exp1_1_L2_K32"]
-        retry = client.create_run(done["experiment_id"], run_name="exp1_1_L2_K32", tags={
-            tracking.GRID_TAG: "exp1_1", tracking.ROLE_TAG: "child", tracking.HASH_TAG: done["config_hash"]})
+        retry = client.create_run(done["experiment_id"], run_name="exp1_1_L2_K32", tags={  # same data as the run
+            tracking.GRID_TAG: "exp1_1", tracking.ROLE_TAG: "child", tracking.HASH_TAG: done["config_hash"],
+            tracking.DATA_DIGEST_TAG: done["data_digest"], tracking.DATA_SOURCE_TAG: done["data_source"],
+            tracking.DATA_KIND_TAG: done["data_kind"]})
         client.log_metric(retry.info.run_id, "test_acc", 99.0)
         client.set_terminated(retry.info.run_id, "FAILED")
         yield dict(root=root, full=uri, part1_only=f"sqlite:///{part1_only / 'mlflow.db'}", full_dir=full,
