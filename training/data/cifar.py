@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from training.data.threads import single_thread
+
 ENV_DATA_DIR = "ARCHLAB_DATA"
 BATCHES_FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -379,11 +381,13 @@ class DeviceLoader:
     def _batches(self, order, shift_y, shift_x, flip) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         for i in range(len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            idx = order[sl]
-            x = self.images[idx]
-            if self.augment:
-                x = translate_flip(x, shift_y[sl], shift_x[sl], flip[sl], self.pad_mode)
-            yield self._normalise(x), self.labels[idx]
+            with single_thread(self.device):  # fast beside a busy core too (training.data.threads)
+                idx = order[sl]
+                x = self.images[idx]
+                if self.augment:
+                    x = translate_flip(x, shift_y[sl], shift_x[sl], flip[sl], self.pad_mode)
+                batch = self._normalise(x), self.labels[idx]
+            yield batch
 
     def first_images(self, n: int) -> torch.Tensor:
         """The first n images in storage order, normalised and unaugmented (for data-dependent
