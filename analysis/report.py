@@ -132,4 +132,6 @@ def cli(out: str, tracking_uri: Optional[str], experiment: Optional[str], log_ar
 
 
 if __name__ == "__main__":
-    cli()
+    from entrypoints.common import run_cli
+
+    run_cli(cli)

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from entrypoints.common import (auto_is_none, device_list, print_where, resolve_device, seeds_option, start,
+from entrypoints.common import (auto_is_none, device_list, print_where, resolve_device, run_cli, seeds_option, start,
                                 tracking_options, worker_count, zero_is_none)
 from training.grids.expand import GRIDS
 
@@ -69,7 +69,8 @@ def one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, 
 @cli.command()
 @click.argument("name", type=click.Choice(GRIDS))
 @one_config_options
-@click.option("--download/--no-download", default=False, show_default=True, help="Download CIFAR-10 when missing.")
+@click.option("--download", type=click.BOOL, default=False, is_flag=False, flag_value=True, show_default=True,
+              help="Download CIFAR-10 when missing (--download alone, or --download true|false).")
 @click.option("--workers", type=int, default=None, callback=zero_is_none,
               help="Worker processes training configurations in parallel (default: 4 per GPU of >= 32 GiB, "
                    "else 1 per device). On a local SQLite store a private MLflow server takes the writes.")
@@ -246,4 +247,4 @@ def run_exp_seeds(seed, seeds_text):
 if __name__ == "__main__":
     if len(sys.argv) == 1:
         sys.argv.append("--help")
-    cli()
+    run_cli(cli)

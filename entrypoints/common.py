@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Optional
 
 import click
@@ -140,3 +141,24 @@ def seeds_option(f):
                         help="Comma-separated seeds, e.g. 42,43,44: each configuration trains once per seed, the "
                              "first under its own name, the others as runs <name>_s<seed> (default: the config's "
                              "seed).")(f)
+
+
+def run_cli(cli: click.Command) -> None:
+    """Run a click CLI as its `python -m` entry point. A usage error (a rejected option or value)
+    under `mlflow run` also marks the run MLflow opened for it (training.tracking.rejected), so it
+    does not stay a mute FAILED run with a random name."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.UsageError as e:
+        from training.tracking.rejected import mark_rejected
+
+        mark_rejected(e.format_message())
+        e.show()
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -10,7 +10,7 @@ import time
 import click
 import torch
 
-from entrypoints.common import print_where, resolve_device, seeds_option, start, tracking_options, zero_is_none
+from entrypoints.common import print_where, resolve_device, run_cli, seeds_option, start, tracking_options, zero_is_none
 
 CONFIG_HELP = "Part 1 config: a name in configs/ or a YAML path."
 
@@ -85,4 +85,4 @@ def mlp_grid(cfg, epochs, device, seeds):
 
 
 if __name__ == "__main__":
-    cli()
+    run_cli(cli)

@@ -14,7 +14,7 @@ import time
 import click
 import torch
 
-from entrypoints.common import (auto_is_none, device_list, print_where, resolve_device, seeds_option, start,
+from entrypoints.common import (auto_is_none, device_list, print_where, resolve_device, run_cli, seeds_option, start,
                                 tracking_options, worker_count, zero_is_none)
 from entrypoints.part1 import load_part1_config
 
@@ -99,4 +99,4 @@ def cli(grids, allow_cpu, part1_config, epochs, bs_train, n_train, n_valid, allo
 
 
 if __name__ == "__main__":
-    cli()
+    run_cli(cli)

@@ -143,17 +143,28 @@ def mark_diverged(reason: str) -> None:
 
 
 def log_params(params: Mapping[str, Any], run_id: Optional[str] = None) -> None:
-    """All params in one call; a resumed run re-logging the same values is fine."""
+    """All params in one call; re-logging the same values (a resumed run, or the -P values that
+    `mlflow run` logged on the project's run before it started) is fine."""
     run_id = run_id or mlflow.active_run().info.run_id
     flat = flatten_params(params)
     client = MlflowClient()
     existing = client.get_run(run_id).data.params
     new = [Param(k, v) for k, v in flat.items() if k not in existing]
-    changed = {k: (existing[k], v) for k, v in flat.items() if k in existing and existing[k] != v}
+    changed = {k: (existing[k], v) for k, v in flat.items() if k in existing and not same_param(existing[k], v)}
     if changed:
         raise ValueError(f"run {run_id} already has different values for params {changed}")
     for i in range(0, len(new), 100):
         client.log_batch(run_id, params=new[i:i + 100])
+
+
+def same_param(logged: str, value: str) -> bool:
+    """Equal strings, or equal numbers: `mlflow run -P epochs=5.0` logs "5.0" for what trains as 5."""
+    if logged == value:
+        return True
+    try:
+        return float(logged) == float(value)
+    except ValueError:
+        return False
 
 
 def log_metrics(metrics: Mapping[str, Any], step: int, run_id: Optional[str] = None) -> None:

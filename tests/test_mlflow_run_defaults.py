@@ -1,0 +1,126 @@
+"""Every MLproject entry point under the real `mlflow run . --env-manager local -e NAME` with its
+defaults: the -P values given are only data (where it is, where outputs go) and size (how many
+images, epochs, batches), never a recipe value. And inputs the project rejects leave a run that
+says so (named `rejected-<entry>`, the reason as tag and description, FAILED)."""
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import yaml
+from mlflow.projects._project_spec import load_project
+
+from cifar_fixtures import fake_cifar10  # noqa: F401
+from conftest import PROJECT_ROOT, subprocess_env
+from training.config import load_config
+from training.tracking.rejected import NOTE_TAG, REJECTED_TAG
+
+
+def mlflow_run(entry: str, params: dict, tmp_path, store: str, experiment: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "-e", entry, "--env-manager", "local",
+           "--experiment-name", experiment]
+    for k, v in params.items():
+        cmd += ["-P", f"{k}={v}"]
+    return subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(store), capture_output=True, text=True, timeout=900)
+
+
+def project_runs(experiment: str):
+    return mlflow.search_runs(experiment_names=[experiment])
+
+
+def tiny_part1_config(tmp_path):
+    """configs/part1.yaml with a 2 x 2 grid (the data is Part 1's own, fixed-size synthetic set)."""
+    cfg = load_config("part1")
+    cfg["mlp_grid"].update(depths=[1, 2], widths=[2, 8])
+    path = tmp_path / "part1_tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_part1_mlproject_epochs_defaults_are_the_configs():
+    """MLflow logs each -P default as a param before the command starts; the runs then log the
+    epochs they train, so the two must be the same number."""
+    entries = load_project(str(PROJECT_ROOT))._entry_points
+    cfg = load_config("part1")
+    assert float(entries["first_classifier"].parameters["epochs"].default) == cfg["first_classifier"]["epochs"]
+    assert float(entries["mlp_grid"].parameters["epochs"].default) == cfg["mlp_grid"]["epochs"]
+
+
+@pytest.mark.parametrize("entry", ["first_classifier", "mlp_grid", "main"])
+def test_part1_entry_points_run_with_their_defaults(mlflow_store, tmp_path, entry):
+    proc = mlflow_run(entry, {"config": tiny_part1_config(tmp_path)}, tmp_path, mlflow_store, f"e2e-{entry}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = project_runs(f"e2e-{entry}")
+    assert runs["status"].eq("FINISHED").all()
+    project = runs[runs["tags.mlflow.project.entryPoint"] == entry]
+    assert len(project) == 1
+    if entry != "main":  # the project run is the trained model's run / the grid's parent
+        assert project["params.epochs"].iloc[0] == str(load_config("part1")[entry]["epochs"])
+
+
+def cifar_data(fake_cifar10, tmp_path) -> dict:
+    return dict(data_dir=fake_cifar10, out_dir=tmp_path / "results", checkpoint_dir=tmp_path / "ckpt")
+
+
+# Size only: tiny splits, and for the heavy grids one epoch of one small batch.
+ONE_BATCH = dict(epochs=1, batches=1, bs_train=32)
+
+
+@pytest.mark.parametrize("entry,size", [
+    ("test_run", dict(n_train=500, n_valid=50)),
+    ("exp1_1", dict(n_train=128, n_valid=32, allow_small="true")),
+    ("exp1_2", dict(n_train=64, n_valid=32, allow_small="true", **ONE_BATCH)),
+    ("exp1_3", dict(n_train=64, n_valid=32, allow_small="true", **ONE_BATCH)),
+    ("exp1_4", dict(n_train=64, n_valid=32, allow_small="true", **ONE_BATCH)),
+    ("exp2", dict(n_train=64, n_valid=32, allow_small="true", **ONE_BATCH)),
+])
+def test_cifar_grid_entry_points_run_with_their_defaults(mlflow_store, fake_cifar10, tmp_path, entry, size):
+    proc = mlflow_run(entry, {**cifar_data(fake_cifar10, tmp_path), **size}, tmp_path, mlflow_store, f"e2e-{entry}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = project_runs(f"e2e-{entry}")
+    assert runs["status"].eq("FINISHED").all()
+    parent = runs[runs["tags.mlflow.project.entryPoint"] == entry]
+    children = runs[runs["tags.archlab.role"] == "child"]
+    assert len(parent) == 1 and len(children) >= 1
+    assert set(children["tags.mlflow.parentRunId"]) == {parent.run_id.iloc[0]}
+
+
+def test_config_and_report_entry_points_run_with_their_defaults(mlflow_store, fake_cifar10, tmp_path):
+    overrides = (f"options.data_dir={fake_cifar10},options.n_train=500,options.n_valid=50,"
+                 f"out_dir={tmp_path / 'results'},options.checkpoint_dir={tmp_path / 'ckpt'}")
+    proc = mlflow_run("config", {"overrides": overrides}, tmp_path, mlflow_store, "e2e-config")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = project_runs("e2e-config").iloc[0]
+    assert run["status"] == "FINISHED" and run["tags.mlflow.runName"] == "test_run_L1_K32-64"
+
+    proc = mlflow_run("report", {"out": tmp_path / "reports"}, tmp_path, mlflow_store, "e2e-config")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "reports" / "answers.md").exists()
+
+
+def assert_rejected(experiment: str, entry: str, message: str) -> None:
+    runs = project_runs(experiment)
+    assert len(runs) == 1
+    run = mlflow.get_run(runs.run_id.iloc[0])
+    assert run.info.status == "FAILED"
+    assert run.info.run_name == f"rejected-{entry}"
+    assert message in run.data.tags[REJECTED_TAG]
+    assert message in run.data.tags[NOTE_TAG]
+
+
+@pytest.mark.parametrize("entry,params,message", [
+    ("mlp_grid", {"epochs": -3}, "got -3"),
+    ("exp1_1", {"device": "tpu"}, "'tpu' is not a device"),
+    ("exp1_1", {"download": "maybe"}, "'maybe' is not a valid boolean"),
+    ("reproduce", {}, "no GPU here"),  # its default on a CPU machine: refused, and told so
+])
+def test_rejected_inputs_leave_a_run_that_says_why(mlflow_store, tmp_path, entry, params, message):
+    if entry == "reproduce":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU: reproduce would run")
+    proc = mlflow_run(entry, params, tmp_path, mlflow_store, "e2e-rejected")
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert_rejected("e2e-rejected", entry, message)
