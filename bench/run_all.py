@@ -125,10 +125,11 @@ def summary_rows(doc: Dict[str, Any]) -> List[List[Any]]:
                      f"{probe['overhead_us_per_batch']:.0f} us (95% CI {lo:.0f}-{hi:.0f})",
                      f"{probe['bare_us_per_batch']:.0f} us/batch (bare, probe model)", "", "", ""])
     data = doc.get("data_path", {})
-    for key, label in (("idle", "idle machine"), ("one_core_busy", "one core busy (busy-loop process)")):
+    for key, label in (("idle", "no busy-loop"), ("one_core_busy", "a busy-loop process on one core")):
         row = data.get(key)
         if row:
-            rows.append([f"CIFAR-10 data path, crop+flip, {data['images_per_call']} images, {label}",
+            rows.append([f"CIFAR-10 data path, crop+flip, {data['images_per_call']} images, {label} (other jobs "
+                         f"held {row['background_cores']['archlab']} cores)",
                          f"{row['archlab_images_per_s']:,.0f} img/s (DeviceLoader, {data['torch_threads']} threads)",
                          f"{row['torchvision_images_per_s']:,.0f} img/s (torchvision DataLoader)",
                          f"{row['ratio']:.1f}x", ">= 20x", row["verdict"]])
