@@ -62,9 +62,9 @@ def test_grid_runs_metrics_and_artifacts_agree_with_fit(mlflow_store, tmp_path):
         assert 0 <= row["metrics.valid_fpr_thrroc"] <= 1 and 0 <= row["metrics.valid_fnr_thr05"] <= 1
         files = artifact_paths(client, row.run_id)
         for expected in ("figures/confusion_matrices.png", "figures/roc_valid.png", "figures/fit.png",
-                         "figures/boundary_test_thr05.png", "figures/boundary_test_thrroc.png",
-                         "checkpoints/best_model.pt"):
+                         "figures/boundary_test_thr05.png", "figures/boundary_test_thrroc.png"):
             assert expected in files, (expected, files)
+        assert not any(f.startswith("checkpoints/") for f in files)  # the weights are stored once: the model
 
     assert "figures/boundary_mosaic.png" in artifact_paths(client, parent.run_id.iloc[0])
     assert parent["metrics.grid_min_test_acc"].iloc[0] == pytest.approx(summary["grid_min_test_acc"])

@@ -107,8 +107,10 @@ def run_recipe(recipe: CifarRecipe, policy: ExecutionPolicy, options: RunOptions
                  on_epoch_end=on_epoch_end)
     if not options.tracking:  # runs without MLflow installed (e.g. a bare GPU box)
         fit, final, history = session.train_and_test(**train)
-        return store.write_results(recipe, options, fit, final, epochs=history, execution=session.graph_report(),
+        path = store.write_results(recipe, options, fit, final, epochs=history, execution=session.graph_report(),
                                    data=record.summary())
+        store.after_finish(recipe, options, None)
+        return path
     from training.tracking.runs import SMOKE_TAG
 
     smoke = store.is_smoke(recipe, options, session.dl_train.images_per_epoch(recipe.batches),
@@ -120,6 +122,9 @@ def run_recipe(recipe: CifarRecipe, policy: ExecutionPolicy, options: RunOptions
             n_test=len(session.dl_test.dataset), n_params=session.n_params))
         record.log()
         fit, final, history = session.train_and_test(**train, logger=store.epoch_logger())
-        example = next(iter(session.dl_test))[0][:1].float().cpu().contiguous().numpy() if options.log_model else None
-        return store.log_outcome(run, recipe, options, fit, final, history, session.graph_report(),
+        # two example rows: the logged model keeps a dynamic batch dimension
+        example = next(iter(session.dl_test))[0][:2].float().cpu().contiguous().numpy() if options.log_model else None
+        path = store.log_outcome(run, recipe, options, fit, final, history, session.graph_report(),
                                  example_input=example, model=session.model, data=record.summary())
+    store.after_finish(recipe, options, run.info.run_id)
+    return path

@@ -10,6 +10,7 @@ import contextlib
 import os
 from typing import Any, Dict, Iterator, Optional, Tuple
 
+from training.cnn.checkpoints import drop_after_finish
 from training.cnn.options import RunOptions
 from training.cnn.recipe import CifarRecipe
 from training.results import FitResult
@@ -95,12 +96,9 @@ def find_prior(recipe: CifarRecipe, options: RunOptions) -> Tuple[bool, Optional
         return False, None
     if not options.tracking:
         return False, None
-    from training.tracking import runs as tracking
-
     chash = recipe.config_hash()
     prior = prior_runs(chash)
-    done = prior[(prior["status"] == "FINISHED") | (prior.get(f"tags.{tracking.DIVERGED_TAG}") == "true")] \
-        if len(prior) else prior
+    done = _done(prior)
     if len(done):
         print(f"*** Skipping {run_name(recipe, options)}: already finished in run {done.run_id.iloc[0]} (same "
               f"config hash {chash}, same data); use restart to train it again")
@@ -108,6 +106,19 @@ def find_prior(recipe: CifarRecipe, options: RunOptions) -> Tuple[bool, Optional
     if len(prior) and os.path.isfile(f"{state_base}.state"):
         return False, prior.run_id.iloc[0]
     return False, None
+
+
+def _done(prior):
+    """The rows of prior_runs that end a configuration: FINISHED, or diverged (never retried blindly)."""
+    from training.tracking import runs as tracking
+
+    return prior[(prior["status"] == "FINISHED") | (prior.get(f"tags.{tracking.DIVERGED_TAG}") == "true")] \
+        if len(prior) else prior
+
+
+def already_done(recipe: CifarRecipe, options: RunOptions) -> bool:
+    """Whether run_recipe would skip this configuration (quietly: a grid asks before opening a parent)."""
+    return not options.restart and options.tracking and bool(len(_done(prior_runs(recipe.config_hash()))))
 
 
 @contextlib.contextmanager
@@ -133,13 +144,16 @@ def tracked_run(recipe: CifarRecipe, options: RunOptions, device: Any, resume_ru
 
 def log_run_params(recipe: CifarRecipe, options: RunOptions, counts: Dict[str, int]) -> None:
     """The call's arguments, every result-changing setting, split sizes, n_params and channels."""
+    from training.tracking import describe
     from training.tracking import runs as tracking
 
     cfg = programme_config(recipe, options)
     cfg.pop("kw")
     settings = {k: v for k, v in recipe.fields_logged().items()
                 if k not in recipe.PROGRAMME_ARGS + recipe.FROM_DATA}  # the data: tags and dataset inputs
-    tracking.log_params({**cfg, **settings, **counts, "channels": recipe.channels})
+    params = {**cfg, **settings, **counts, "channels": recipe.channels}
+    tracking.log_params(params)
+    describe.describe(describe.cnn_description(params))
 
 
 def epoch_logger():
@@ -152,21 +166,39 @@ def epoch_logger():
 def log_outcome(run: Any, recipe: CifarRecipe, options: RunOptions, fit: FitResult, final: Dict[str, Any],
                 history: list, execution: Dict[str, Any], example_input=None, model=None,
                 data: Optional[Dict[str, str]] = None) -> str:
-    """Final metrics, execution tags, the results file, the checkpoint and (log_model) the model."""
+    """The model (log_model: the best weights, stored once, named after the run), the final metrics
+    linked to it and as a summary table, execution tags, the results file (and, without a model,
+    the best weights as an artifact)."""
     import mlflow
 
+    from training.tracking import describe
     from training.tracking import runs as tracking
 
+    model_id = None
+    if options.log_model and model is not None:
+        model_id = tracking.log_torch_model(model.float(), example_input, name=run_name(recipe, options))
     # best_valid_acc is already a per-epoch metric: logging it again would duplicate its last step
-    tracking.log_metrics({k: v for k, v in final.items() if k != "best_valid_acc"}, step=fit.num_epochs)
+    tracking.log_metrics({k: v for k, v in final.items() if k != "best_valid_acc"}, step=fit.num_epochs,
+                         model_id=model_id)
+    describe.log_summary_table({"run": run_name(recipe, options), **final})
     mlflow.set_tags({f"archlab.{k}": v for k, v in execution.items() if k in ("cuda_graph", "cuda_graph_fallback")})
     path = write_results(recipe, options, fit, final, epochs=history, execution=execution,
                          mlflow_run_id=run.info.run_id, data=data or {})
     mlflow.log_artifact(path, "results")
-    mlflow.log_artifact(checkpoint_path(recipe, options), "checkpoints")
-    if options.log_model and model is not None:
-        tracking.log_torch_model(model.float(), example_input)
+    if model_id is None:
+        mlflow.log_artifact(checkpoint_path(recipe, options), "checkpoints")
     return path
+
+
+def after_finish(recipe: CifarRecipe, options: RunOptions, run_id: Optional[str]) -> None:
+    """Once the run FINISHED: its checkpoints leave the disk (training.cnn.checkpoints; a file named
+    with `checkpoints`, or the only copy of the weights when nothing was tracked, stays) and its
+    grid's parent gets fresh children_* metrics."""
+    drop_after_finish(checkpoint_path(recipe, options), keep_best=options.checkpoints is not None or run_id is None)
+    if run_id is not None:
+        from training.tracking.parents import summarise_parent
+
+        summarise_parent(run_id)
 
 
 def write_results(recipe: CifarRecipe, options: RunOptions, fit: FitResult, final: Dict[str, Any], **extra) -> str:

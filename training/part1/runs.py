@@ -20,7 +20,9 @@ import mlflow  # noqa: E402
 import torch  # noqa: E402
 
 from models.classifier import plot_decision_boundary_2d, plot_roc, positive_scores, roc_optimal_point  # noqa: E402
+from training.tracking import describe  # noqa: E402
 from training.tracking import runs as tracking  # noqa: E402
+from training.tracking.parents import log_configuration_table, summarise_parent  # noqa: E402
 from training.part1.evaluation import binary_report, plot_confusion  # noqa: E402
 from training.experiments import BinaryOutcome, build_binary_mlp, train_binary_mlp  # noqa: E402
 from training.figures import plot_fit  # noqa: E402
@@ -95,6 +97,7 @@ def _evaluate_and_log(out: BinaryOutcome, loaders: Dict[str, Any], boundary_spli
 
     x_val, y_val = _tensors(loaders["valid"])
     fpr, tpr, thr_arr, idx = roc_optimal_point(y_val.numpy(), positive_scores(model, x_val))
+    describe.log_roc_table(fpr, tpr, thr_arr, idx)
     fig, _ = plot_roc(fpr, tpr, idx, out.thresh)
     fig.suptitle(f"{title}: ROC on validation")
     tracking.log_figure(fig, "figures/roc_valid.png")
@@ -114,9 +117,11 @@ def _evaluate_and_log(out: BinaryOutcome, loaders: Dict[str, Any], boundary_spli
 
 def _train_logged_binary(run_name: str, model, hp: Mapping[str, Any], params: Mapping[str, Any], loaders,
                          n_epochs: int, boundary_split: str, tags: Mapping[str, str], device: Optional[str], record):
-    """One MLflow run: params, data inputs, per-epoch metrics, evaluation, figures, checkpoint, model."""
+    """One MLflow run: params, description, data inputs, per-epoch metrics, evaluation, figures and
+    tables, the model (the best weights, stored once)."""
     with tracking.open_run(run_name, tags=tags) as run:
         tracking.log_params(params)
+        describe.describe(describe.mlp_description(params))
         record.log()
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = os.path.join(tmp, "best_model.pt")
@@ -124,11 +129,14 @@ def _train_logged_binary(run_name: str, model, hp: Mapping[str, Any], params: Ma
                                                       "best_test_acc": "best_valid_acc"})
             out = train_binary_mlp(model, hp, loaders["train"], loaders["valid"], loaders["test"], n_epochs,
                                    device=device, checkpoints=ckpt, on_epoch_end=logger)
-            mlflow.log_artifact(ckpt, "checkpoints")
         metrics = _evaluate_and_log(out, loaders, boundary_split, run_name)
-        tracking.log_metrics(metrics, step=out.fit.num_epochs)
-        tracking.log_torch_model(out.model, _tensors(loaders["valid"])[0][:5].numpy())
-        return out, metrics, run.info.run_id
+        model_id = tracking.log_torch_model(out.model, _tensors(loaders["valid"])[0][:5].numpy(), name=run_name)
+        tracking.log_metrics(metrics, step=out.fit.num_epochs, model_id=model_id)
+        describe.log_summary_table({"run": run_name, **{k: v for k, v in params.items() if k != "optimizer"},
+                                    **metrics})
+    if tags.get(tracking.ROLE_TAG) == "child":
+        summarise_parent(run.info.run_id)
+    return out, metrics, run.info.run_id
 
 
 def _data_params(cfg, loaders, seed: Optional[int] = None) -> Dict[str, Any]:
@@ -176,6 +184,8 @@ def run_mlp_grid(cfg: Mapping[str, Any], device: Optional[str] = None, epochs: O
         recipe = {k: v for k, v in grid.items() if k not in ("depths", "widths", "epochs")}
         tracking.log_params({**_data_params(cfg, loaders), **recipe, "epochs": n_epochs, "depths": depths,
                              "widths": widths})
+        describe.describe(describe.grid_description(GRID_NAME, len(depths) * len(widths) * len(pairs),
+                                                    f"MLP depth {depths} x width {widths}, {n_epochs} epochs"))
         t0 = time.perf_counter()
         results = {}
         for seed, first in pairs:
@@ -187,6 +197,8 @@ def run_mlp_grid(cfg: Mapping[str, Any], device: Optional[str] = None, epochs: O
                    "grid_mean_test_acc": float(test_accs.mean()),
                    "grid_wall_time_s": time.perf_counter() - t0}
         tracking.log_metrics(summary, step=n_epochs)
+        log_configuration_table(mlflow.active_run().info.run_id, ["depth", "width", "seed", "n_params"],
+                                ["roc_threshold", "valid_acc", "test_acc", "test_fpr_thrroc", "test_fnr_thrroc"])
         tracking.log_figure(boundary_mosaic(results, depths, widths, loaders["test"]), "figures/boundary_mosaic.png")
     print(f"mlp_grid: min test_acc={summary['grid_min_test_acc']:.1f}% "
           f"75th percentile={summary['grid_q75_test_acc']:.1f}%")

@@ -56,6 +56,9 @@ def configure_tracking(tracking_uri: Optional[str] = None, check_timeout_s: floa
     the store answers, so an unreachable server fails in seconds, before any training."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     mlflow.set_tracking_uri(uri)
+    from training.tracking.describe import enable_system_metrics
+
+    enable_system_metrics()
     if uri.startswith(("http://", "https://")):
         _check_server(uri, check_timeout_s)
     return uri
@@ -96,7 +99,7 @@ def open_run(name: str, tags: Optional[Mapping[str, str]] = None, experiment: Op
 
     - inside an active run: a nested child of it;
     - launched by `mlflow run` (MLFLOW_RUN_ID set): the project's own run becomes this run;
-    - otherwise: a new top-level run in `experiment` (default "archlab").
+    - otherwise: a new top-level run in `experiment` (default: default_experiment_name()).
     A run that raises ends FAILED with the error kept as the tag `archlab.error`.
     """
     tags = dict(tags or {})
@@ -108,7 +111,7 @@ def open_run(name: str, tags: Optional[Mapping[str, str]] = None, experiment: Op
         ctx = mlflow.start_run(run_name=name, tags=tags)
     else:
         if not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-            mlflow.set_experiment(experiment or os.environ.get("ARCHLAB_EXPERIMENT", DEFAULT_EXPERIMENT))
+            mlflow.set_experiment(experiment or default_experiment_name())
         ctx = mlflow.start_run(run_name=name, tags=tags)
     with ctx as run:
         if run_id is not None and tags:
@@ -123,6 +126,12 @@ def open_run(name: str, tags: Optional[Mapping[str, str]] = None, experiment: Op
             raise
 
 
+def default_experiment_name() -> str:
+    """$ARCHLAB_EXPERIMENT, else $MLFLOW_EXPERIMENT_NAME (what `mlflow run` also reads, so one
+    export puts both ways of running in one experiment), else "archlab"."""
+    return os.environ.get("ARCHLAB_EXPERIMENT") or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
 def current_experiment_id() -> str:
     """The experiment `open_run` would put a new run in (same resolution order)."""
     active = mlflow.active_run()
@@ -132,7 +141,7 @@ def current_experiment_id() -> str:
         return MlflowClient().get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
     if os.environ.get("MLFLOW_EXPERIMENT_ID"):
         return os.environ["MLFLOW_EXPERIMENT_ID"]
-    name = os.environ.get("ARCHLAB_EXPERIMENT", DEFAULT_EXPERIMENT)
+    name = default_experiment_name()
     exp = mlflow.get_experiment_by_name(name)
     return exp.experiment_id if exp is not None else mlflow.create_experiment(name)
 
@@ -167,11 +176,13 @@ def same_param(logged: str, value: str) -> bool:
         return False
 
 
-def log_metrics(metrics: Mapping[str, Any], step: int, run_id: Optional[str] = None) -> None:
-    """Numeric, finite-or-not metrics in a single `log_batch` call (one round-trip per epoch)."""
+def log_metrics(metrics: Mapping[str, Any], step: int, run_id: Optional[str] = None,
+                model_id: Optional[str] = None) -> None:
+    """Numeric, finite-or-not metrics in a single `log_batch` call (one round-trip per epoch);
+    with `model_id` they are also the metrics of that logged model (its page in the UI)."""
     run_id = run_id or mlflow.active_run().info.run_id
     ts = int(time.time() * 1000)
-    batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+    batch = [Metric(k, float(v), ts, step, model_id=model_id) for k, v in metrics.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if batch:
         MlflowClient().log_batch(run_id, metrics=batch)
@@ -207,14 +218,28 @@ def log_figure(fig, artifact_file: str, close: bool = True) -> None:
         plt.close(fig)
 
 
-def log_torch_model(model, input_example, name: str = "model") -> None:
-    """Log the final model once. Explicit pip requirements skip MLflow's slow inference (~6 s)."""
+def log_torch_model(model, input_example, name: str = "model") -> str:
+    """Log the final model once, as the LoggedModel `name`; returns its model_id (for linking the
+    test metrics). Explicit pip requirements skip MLflow's slow inference (~6 s); torch.export's
+    notes about the example's shapes are kept off the console (give an example of >= 2 rows, so
+    the batch dimension stays dynamic)."""
+    import logging
+
     import mlflow.pytorch
     import torch
 
     reqs = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
     model_cpu = model.to("cpu").eval()
-    mlflow.pytorch.log_model(model_cpu, name=name, input_example=input_example, pip_requirements=reqs)
+    quiet = [logging.getLogger(n) for n in ("torch._export", "torch.export", "torch._dynamo", "torch.fx")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    try:
+        info = mlflow.pytorch.log_model(model_cpu, name=name, input_example=input_example, pip_requirements=reqs)
+    finally:
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
+    return info.model_id
 
 
 def find_runs(filter_string: str, experiment_names: Optional[list] = None) -> "Any":
