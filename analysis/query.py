@@ -203,14 +203,21 @@ def _expected_or_empty(grid: str) -> List[str]:
 
 
 def parent_run_id(grid: str, experiment: Optional[str] = None) -> Optional[str]:
-    """The newest parent run of `grid` (where the report's figures are logged); for a grid
-    without parents (first_classifier) its newest run."""
+    """The run the report's figures of `grid` go to: its newest FINISHED parent run that has
+    children (a parent that failed before training, or one that trained nothing, is no home for
+    them); for a grid without parents (first_classifier) its newest FINISHED run; else None."""
     runs = search(f"tags.{tracking.GRID_TAG} = '{grid}'", experiment)
     if not len(runs):
         return None
-    parents = runs[_col(runs, f"tags.{tracking.ROLE_TAG}") == "parent"]
-    pool = parents if len(parents) else runs
-    return str(pool.sort_values("start_time", ascending=False)["run_id"].iloc[0])
+    roles = _col(runs, f"tags.{tracking.ROLE_TAG}")
+    parents = runs[roles == "parent"]
+    if len(parents):
+        with_children = set(_col(runs, "tags.mlflow.parentRunId").dropna())
+        pool = parents[parents["run_id"].isin(with_children)]
+    else:
+        pool = runs
+    pool = pool[pool["status"] == "FINISHED"]
+    return str(pool.sort_values("start_time", ascending=False)["run_id"].iloc[0]) if len(pool) else None
 
 
 def recipe_attempts(grid: str, run_name: str, experiment: Optional[str] = None) -> pd.DataFrame:
