@@ -29,12 +29,22 @@ class ExportedScores(nn.Module):
         return self.scores_model(x)
 
 
+def logged_model_uri(run_id: str) -> str:
+    """`models:/<id>` of the newest model run `run_id` logged (runs name it after the configuration;
+    older runs called it `model`)."""
+    import mlflow
+
+    found = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list",
+                                        order_by=[{"field_name": "creation_time", "ascending": False}])
+    return f"models:/{found[0].model_id}" if found else f"runs:/{run_id}/model"
+
+
 def load_binary_classifier(run_id: str, threshold: Optional[float] = None) -> BinaryClassifier:
-    """The model logged by run `run_id` (artifact `model`) as a BinaryClassifier on the CPU, with
-    `threshold` (e.g. the run's roc_threshold metric) when given."""
+    """The model logged by run `run_id` as a BinaryClassifier on the CPU, with `threshold` (e.g. the
+    run's roc_threshold metric) when given."""
     import mlflow.pytorch
 
-    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location="cpu")
+    model = mlflow.pytorch.load_model(logged_model_uri(run_id), map_location="cpu")
     if isinstance(model, BinaryClassifier):
         clf = model
     else:

@@ -75,9 +75,38 @@ def test_grid_runs_metrics_and_artifacts_agree_with_fit(mlflow_store, tmp_path):
                for r in children.run_id)
     out, _ = results[(2, 8)]
     run_id = children[children["tags.mlflow.runName"] == "mlp_d2_w8"].run_id.iloc[0]
-    loaded = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    loaded = mlflow.pytorch.load_model(f"runs:/{run_id}/mlp_d2_w8")  # named after the configuration
     x = torch.randn(7, 2)
     torch.testing.assert_close(loaded(x), out.model.cpu()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_part1_runs_describe_themselves_in_the_mlflow_ui(mlflow_store, tmp_path):
+    """Description, ROC and summary tables, the model named after the run with its test metrics
+    linked, system metrics, and the grid parent's children_* metrics and configuration table."""
+    cfg, _ = small_config(tmp_path, depths=[1], widths=[2, 8])
+    cfg["mlp_grid"]["epochs"] = 1
+    run_mlp_grid(cfg, device="cpu")
+    client = MlflowClient()
+    runs = tracking.find_runs("tags.grid = 'mlp_grid'")
+    parent_id = runs[runs["tags.archlab.role"] == "parent"].run_id.iloc[0]
+    child_id = runs[runs["tags.mlflow.runName"] == "mlp_d1_w8"].run_id.iloc[0]
+    child = client.get_run(child_id)
+    assert child.data.tags["mlflow.note.content"].startswith("MLP depth 1 x width 8")
+    files = artifact_paths(client, child_id)
+    assert {"tables/roc_valid.json", "tables/summary.json"} <= set(files)
+    roc = mlflow.load_table("tables/roc_valid.json", run_ids=[child_id])
+    assert roc["chosen"].sum() == 1 and roc.loc[roc["chosen"], "threshold"].iloc[0] == pytest.approx(
+        child.data.metrics["roc_threshold"])
+    (model,) = mlflow.search_logged_models(filter_string=f"source_run_id = '{child_id}'", output_format="list")
+    assert model.name == "mlp_d1_w8"
+    linked = {m.key: m.value for m in model.metrics}
+    assert linked["test_acc"] == pytest.approx(child.data.metrics["test_acc"])
+    parent = client.get_run(parent_id)
+    assert parent.data.metrics["children_finished"] == 2
+    assert parent.data.metrics["children_best_test_acc"] == pytest.approx(runs["metrics.test_acc"].max())
+    assert "Grid mlp_grid" in parent.data.tags["mlflow.note.content"]
+    table = mlflow.load_table("tables/configurations.json", run_ids=[parent_id])
+    assert sorted(table["run"]) == ["mlp_d1_w2", "mlp_d1_w8"]
 
 
 def test_main_cli_nests_first_classifier_and_grid(mlflow_store, tmp_path):

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from training.cnn.recipe import CifarRecipe
 
 Planned = Tuple["CifarRecipe", "RunOptions"]  # one validated configuration, ready to train (check_grid)
+# The parent's tables/configurations.json: one row per finished child.
+CONFIGURATION_PARAMS = ("filters_per_layer", "layers_per_block", "pool_every", "n_params")
+CONFIGURATION_METRICS = ("best_valid_acc", "test_acc", "best_epoch", "fit_wall_time_s")
 
 
 @contextlib.contextmanager
@@ -28,6 +31,8 @@ def grid_parent_run(name: str, cfg: Mapping[str, Any], runs: Sequence[Any]) -> I
     import mlflow
 
     from training.tracking import runs as tracking
+    from training.tracking.describe import describe, grid_description
+    from training.tracking.parents import log_configuration_table
 
     params = {"grid": cfg["grid"], "model_type": cfg["model_type"], "run_name": cfg["run_name"]}
     earlier = _continuable_parent(name, params)
@@ -43,7 +48,9 @@ def grid_parent_run(name: str, cfg: Mapping[str, Any], runs: Sequence[Any]) -> I
                 mlflow.MlflowClient().delete_tag(resume_id, "archlab.error")
             print(f"*** Continuing the grid's earlier parent run {resume_id} (it ended {earlier['status']})")
         tracking.log_params(params)
+        describe(grid_description(name, len(runs), f"{cfg['model_type']}, K x L"), run.info.run_id)
         yield run
+        log_configuration_table(run.info.run_id, CONFIGURATION_PARAMS, CONFIGURATION_METRICS)
 
 
 def _continuable_parent(name: str, params: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
