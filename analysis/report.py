@@ -82,6 +82,8 @@ def build_report(out_dir: Path | str = "reports", experiment: Optional[str] = No
     """Query the current tracking store, draw the figures, write answers.md (never trains)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Reloading each Part 1 model would print MLflow's "Downloading artifacts" bar (26 of them).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     data = collect(experiment)
     data.figures = build_figures(data, out_dir)
     answers = write_answers(data, out_dir)

@@ -21,7 +21,16 @@ def mlflow_run(entry: str, params: dict, tmp_path, store: str, experiment: str) 
            "--experiment-name", experiment]
     for k, v in params.items():
         cmd += ["-P", f"{k}={v}"]
-    return subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(store), capture_output=True, text=True, timeout=900)
+    env = {**subprocess_env(store), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}  # short runs get samples too
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+
+
+def assert_quiet_console(proc: subprocess.CompletedProcess) -> None:
+    """Not a TTY: one line per epoch, no progress-bar carriage returns, the validation pass named
+    as such, no torch.export notes about the model's example input."""
+    assert "\r" not in proc.stdout and "test_batch" not in proc.stdout
+    assert "Downloading artifacts" not in proc.stdout + proc.stderr
+    assert "specialized" not in proc.stderr
 
 
 def project_runs(experiment: str):
@@ -77,12 +86,41 @@ ONE_BATCH = dict(epochs=1, batches=1, bs_train=32)
 def test_cifar_grid_entry_points_run_with_their_defaults(mlflow_store, fake_cifar10, tmp_path, entry, size):
     proc = mlflow_run(entry, {**cifar_data(fake_cifar10, tmp_path), **size}, tmp_path, mlflow_store, f"e2e-{entry}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_quiet_console(proc)
+    assert "epoch 1/" in proc.stdout
     runs = project_runs(f"e2e-{entry}")
     assert runs["status"].eq("FINISHED").all()
     parent = runs[runs["tags.mlflow.project.entryPoint"] == entry]
     children = runs[runs["tags.archlab.role"] == "child"]
     assert len(parent) == 1 and len(children) >= 1
     assert set(children["tags.mlflow.parentRunId"]) == {parent.run_id.iloc[0]}
+    assert not [p for p in (tmp_path / "ckpt").rglob("*") if p.is_file()]  # finished: no state, no weight copies
+    if entry == "exp1_1":
+        check_exp1_1_runs(parent.run_id.iloc[0], children)
+
+
+def check_exp1_1_runs(parent_id: str, children) -> None:
+    """What the MLflow API returns for exp1_1's runs: description, tables, the model named after the
+    configuration with its test metrics, system metrics; on the parent, children_* metrics and the
+    configuration table."""
+    client = mlflow.MlflowClient()
+    child_id = children[children["tags.mlflow.runName"] == "exp1_1_L2_K32"].run_id.iloc[0]
+    child = client.get_run(child_id)
+    assert child.data.tags["mlflow.note.content"].startswith("cnn K=[32] L=2")
+    assert child.data.params["epochs"] == "15" and child.data.params["n_train"] == "128"
+    assert any(k.startswith("system/cpu_utilization") for k in child.data.metrics)
+    assert any(k.startswith("system/system_memory_usage") for k in child.data.metrics)
+    summary = mlflow.load_table("tables/summary.json", run_ids=[child_id])
+    assert summary["test_acc"].iloc[0] == pytest.approx(child.data.metrics["test_acc"])
+    (model,) = mlflow.search_logged_models(filter_string=f"source_run_id = '{child_id}'", output_format="list")
+    assert model.name == "exp1_1_L2_K32"
+    assert {m.key: m.value for m in model.metrics}["test_acc"] == pytest.approx(child.data.metrics["test_acc"])
+    parent = client.get_run(parent_id)
+    assert parent.data.metrics["children_finished"] == len(children) == 8
+    assert parent.data.metrics["children_best_test_acc"] == pytest.approx(children["metrics.test_acc"].max())
+    assert len(client.get_metric_history(parent_id, "children_finished")) == 8  # one point per finished child
+    table = mlflow.load_table("tables/configurations.json", run_ids=[parent_id])
+    assert sorted(table["run"]) == sorted(children["tags.mlflow.runName"])
 
 
 def test_config_and_report_entry_points_run_with_their_defaults(mlflow_store, fake_cifar10, tmp_path):
@@ -95,6 +133,7 @@ def test_config_and_report_entry_points_run_with_their_defaults(mlflow_store, fa
 
     proc = mlflow_run("report", {"out": tmp_path / "reports"}, tmp_path, mlflow_store, "e2e-config")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_quiet_console(proc)
     assert (tmp_path / "reports" / "answers.md").exists()
 
 

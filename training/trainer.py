@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from training.console import epoch_line, on_tty
 from training.results import BatchResult, EpochResult, FitResult
 
 EpochCallback = Callable[[Dict[str, Any]], None]
@@ -62,13 +63,14 @@ class Trainer(ABC):
             if early_stopping is not None and epochs_without_improvement >= early_stopping:
                 break
             verbose = bool(print_every) and ((epoch + 1) % print_every == 0 or epoch == num_epochs - 1)
-            if verbose:
+            bars = verbose and on_tty()  # elsewhere: one line per epoch (training.console)
+            if bars:
                 print(f"--- EPOCH {epoch + 1}/{num_epochs} ---")
             lr = self.current_lr()
             t0 = time.perf_counter()
-            train_res = self.train_epoch(dl_train, **{"verbose": verbose, **kw})
+            train_res = self.train_epoch(dl_train, **{"verbose": bars, **kw})
             train_time = time.perf_counter() - t0
-            test_res = self.test_epoch(dl_test, **{"verbose": verbose, **kw})
+            test_res = self.test_epoch(dl_test, **{"verbose": bars, "label": "valid", **kw})
             epoch_time = time.perf_counter() - t0
 
             train_loss, test_loss = _mean(train_res.losses), _mean(test_res.losses)
@@ -81,7 +83,7 @@ class Trainer(ABC):
             if improved:
                 best_acc, epochs_without_improvement = test_res.accuracy, 0
                 if checkpoints:
-                    self.save_checkpoint(checkpoints, verbose=verbose)
+                    self.save_checkpoint(checkpoints, verbose=bars)
             else:
                 epochs_without_improvement += 1
 
@@ -92,6 +94,8 @@ class Trainer(ABC):
                            train_images_per_s=(self._last_train_samples / train_time) if train_time > 0 else 0.0,
                            improved=improved)
             history.append(metrics)
+            if verbose and not bars:
+                print(epoch_line(metrics, num_epochs), flush=True)
             if state_file:
                 self.save_training_state(state_file, dl_train, epoch=epoch + 1, curves=curves, best_acc=best_acc,
                                          epochs_without_improvement=epochs_without_improvement, history=history)
@@ -158,20 +162,21 @@ class Trainer(ABC):
     # ----------------------------------------------------------------------------- epoch level
     def train_epoch(self, dl_train: Iterable, **kw) -> EpochResult:
         self.model.train(True)
-        res = self._foreach_batch(dl_train, self.train_batch, **kw)
+        res = self._foreach_batch(dl_train, self.train_batch, **{"label": "train", **kw})
         self._last_train_samples = self._last_num_samples
         return res
 
     def test_epoch(self, dl_test: Iterable, **kw) -> EpochResult:
+        """One evaluation pass; kw `label` names it on the console (fit passes "valid")."""
         self.model.train(False)
         with torch.no_grad():
-            return self._foreach_batch(dl_test, self.test_batch, **kw)
+            return self._foreach_batch(dl_test, self.test_batch, **{"label": "test", **kw})
 
     _last_num_samples = 0
     _last_train_samples = 0
 
     def _foreach_batch(self, dl: Iterable, forward_fn: Callable[[Any], BatchResult], verbose: bool = True,
-                       max_batches: Optional[int] = None) -> EpochResult:
+                       max_batches: Optional[int] = None, label: Optional[str] = None) -> EpochResult:
         """Run forward_fn on every batch (at most max_batches); sums stay on the device."""
         num_batches = len(dl)
         if max_batches is not None:
@@ -179,7 +184,8 @@ class Trainer(ABC):
                 raise ValueError(f"max_batches must be >= 1, got {max_batches}")
             num_batches = min(num_batches, max_batches)
         losses, num_correct, num_samples = [], 0, 0
-        bar = tqdm(total=num_batches, desc=forward_fn.__name__, file=sys.stdout, disable=not verbose,
+        label = label or forward_fn.__name__
+        bar = tqdm(total=num_batches, desc=label, file=sys.stdout, disable=not (verbose and on_tty()),
                    leave=True, dynamic_ncols=True)
         with bar:
             for batch_idx, batch in enumerate(dl):
@@ -192,7 +198,7 @@ class Trainer(ABC):
                 bar.update()
             loss_values = torch.stack(losses).cpu().tolist() if losses else []
             accuracy = 100.0 * float(num_correct) / max(num_samples, 1)
-            bar.set_description(f"{forward_fn.__name__} (Avg. Loss {_mean(loss_values):.3f}, "
+            bar.set_description(f"{label} (Avg. Loss {_mean(loss_values):.3f}, "
                                 f"Accuracy {accuracy:.1f})")
         self._last_num_samples = num_samples
         return EpochResult(losses=loss_values, accuracy=accuracy)
