@@ -65,8 +65,9 @@ def worker_count(workers: Optional[int], devices: Optional[list], device: str = 
 def tracking_options(f):
     """--tracking-uri and --experiment, the same on every entry point."""
     f = click.option("--experiment", default=None,
-                     help="MLflow experiment for new top-level runs (default: archlab, or $ARCHLAB_EXPERIMENT). "
-                          "Ignored under `mlflow run`, which picks the experiment itself.")(f)
+                     help="MLflow experiment for new top-level runs (default: $ARCHLAB_EXPERIMENT, else "
+                          "$MLFLOW_EXPERIMENT_NAME, else archlab). Ignored under `mlflow run`, which picks it "
+                          "itself: --experiment-name, else $MLFLOW_EXPERIMENT_NAME, else Default.")(f)
     f = click.option("--tracking-uri", default=None,
                      help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).")(f)
     return f

@@ -83,8 +83,8 @@ def test_grid_runs_metrics_and_artifacts_agree_with_fit(mlflow_store, tmp_path):
 def test_part1_runs_describe_themselves_in_the_mlflow_ui(mlflow_store, tmp_path):
     """Description, ROC and summary tables, the model named after the run with its test metrics
     linked, system metrics, and the grid parent's children_* metrics and configuration table."""
-    cfg, _ = small_config(tmp_path, depths=[1], widths=[2, 8])
-    cfg["mlp_grid"]["epochs"] = 1
+    cfg, _ = small_config(tmp_path)
+    cfg["mlp_grid"].update(depths=[1], widths=[2, 8], epochs=1)
     run_mlp_grid(cfg, device="cpu")
     client = MlflowClient()
     runs = tracking.find_runs("tags.grid = 'mlp_grid'")
