@@ -77,6 +77,7 @@ ONE_BATCH = dict(epochs=1, batches=1, bs_train=32)
 
 @pytest.mark.parametrize("entry,size", [
     ("test_run", dict(n_train=500, n_valid=50)),
+    ("grid", dict(grid_name="test_run", n_train=500, n_valid=50)),  # grid_name: the one required parameter
     ("exp1_1", dict(n_train=128, n_valid=32, allow_small="true")),
     ("exp1_2", dict(n_train=64, n_valid=32, allow_small="true", **ONE_BATCH)),
     ("exp1_3", dict(n_train=64, n_valid=32, allow_small="true", **ONE_BATCH)),

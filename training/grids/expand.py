@@ -8,6 +8,7 @@ configuration a child (skipping finished ones, resuming interrupted ones).
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from training.config import load_config
@@ -104,6 +105,18 @@ def check_grid(runs: List[Dict[str, Any]]) -> List[Planned]:
     return planned
 
 
+def nothing_to_train(name: str, planned: Sequence[Planned]) -> bool:
+    """True (and says so) when every configuration already finished: a rerun then opens no new,
+    empty parent run. Under `mlflow run` the project's run exists anyway, so it still becomes the parent."""
+    from training.cnn.store import already_done
+
+    if os.environ.get("MLFLOW_RUN_ID") or not all(already_done(r, o) for r, o in planned):
+        return False
+    print(f"*** Grid {name}: all {len(planned)} configurations already finished; nothing to train, no parent "
+          f"run opened (restart=true trains them again)")
+    return True
+
+
 def select_runs(runs: List[Dict[str, Any]], only: Optional[Sequence[str]]) -> List[Dict[str, Any]]:
     """The configurations named in `only` (child run names such as exp2_L3_K32-64-128), all when None."""
     from training.experiments import experiment_name_of
@@ -138,6 +151,8 @@ def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, workers: 
 
     cfg = load_grid_config(name)
     planned = plan_grid(name, overrides, only, seeds)
+    if nothing_to_train(name, planned):
+        return {"written": [], "skipped": [run_name(recipe, options) for recipe, options in planned], "diverged": []}
     if workers > 1 or devices:
         from training.grids.parallel import run_grid_parallel
 
