@@ -139,11 +139,25 @@ def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path):
         make_trainer().load_training_state(str(foreign), dl_train)
 
 
-def test_verbose_output_format(capsys):
+def test_verbose_output_off_a_tty_is_one_line_per_epoch(capsys):
+    """A log file or pipe (pytest's capture too) gets one plain line per printed epoch, no bars."""
+    dl_train, dl_test = xor_loaders()
+    make_trainer().fit(dl_train, dl_test, 4, print_every=2)
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split(":")[0] for ln in lines] == ["epoch 2/4", "epoch 4/4"]
+    assert "valid loss" in lines[0] and "\r" not in out and "EPOCH" not in out
+
+
+def test_verbose_output_on_a_tty_has_bars_named_train_and_valid(capsys, monkeypatch):
+    import training.trainer
+
+    monkeypatch.setattr(training.trainer, "on_tty", lambda: True)
     dl_train, dl_test = xor_loaders()
     make_trainer().fit(dl_train, dl_test, 4, print_every=2)
     out = capsys.readouterr().out
     assert "--- EPOCH 2/4 ---" in out and "--- EPOCH 4/4 ---" in out and "EPOCH 1/4" not in out
+    assert "train (Avg. Loss" in out and "valid (Avg. Loss" in out and "test_batch" not in out
 
 
 def test_argmax_classifier_trains_multiclass():
