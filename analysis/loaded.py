@@ -34,7 +34,9 @@ def logged_model_uri(run_id: str) -> str:
     older runs called it `model`)."""
     import mlflow
 
-    found = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list",
+    experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    found = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list",
+                                        filter_string=f"source_run_id = '{run_id}'",
                                         order_by=[{"field_name": "creation_time", "ascending": False}])
     return f"models:/{found[0].model_id}" if found else f"runs:/{run_id}/model"
 

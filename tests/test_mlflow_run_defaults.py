@@ -78,7 +78,7 @@ ONE_BATCH = dict(epochs=1, batches=1, bs_train=32)
 @pytest.mark.parametrize("entry,size", [
     ("test_run", dict(n_train=500, n_valid=50)),
     ("grid", dict(grid_name="test_run", n_train=500, n_valid=50)),  # grid_name: the one required parameter
-    ("exp1_1", dict(n_train=128, n_valid=32, allow_small="true")),
+    ("exp1_1", dict(n_train=128, n_valid=32, allow_small="true", epochs=2)),
     ("exp1_2", dict(n_train=64, n_valid=32, allow_small="true", **ONE_BATCH)),
     ("exp1_3", dict(n_train=64, n_valid=32, allow_small="true", **ONE_BATCH)),
     ("exp1_4", dict(n_train=64, n_valid=32, allow_small="true", **ONE_BATCH)),
@@ -108,19 +108,20 @@ def check_exp1_1_runs(parent_id: str, children) -> None:
     child_id = children[children["tags.mlflow.runName"] == "exp1_1_L2_K32"].run_id.iloc[0]
     child = client.get_run(child_id)
     assert child.data.tags["mlflow.note.content"].startswith("cnn K=[32] L=2")
-    assert child.data.params["epochs"] == "15" and child.data.params["n_train"] == "128"
+    assert child.data.params["epochs"] == "2" and child.data.params["n_train"] == "128"
     assert any(k.startswith("system/cpu_utilization") for k in child.data.metrics)
     assert any(k.startswith("system/system_memory_usage") for k in child.data.metrics)
-    summary = mlflow.load_table("tables/summary.json", run_ids=[child_id])
+    summary = client.load_table(child.info.experiment_id, "tables/summary.json", run_ids=[child_id])
     assert summary["test_acc"].iloc[0] == pytest.approx(child.data.metrics["test_acc"])
-    (model,) = mlflow.search_logged_models(filter_string=f"source_run_id = '{child_id}'", output_format="list")
+    (model,) = mlflow.search_logged_models(experiment_ids=[child.info.experiment_id], output_format="list",
+                                          filter_string=f"source_run_id = '{child_id}'")
     assert model.name == "exp1_1_L2_K32"
     assert {m.key: m.value for m in model.metrics}["test_acc"] == pytest.approx(child.data.metrics["test_acc"])
     parent = client.get_run(parent_id)
     assert parent.data.metrics["children_finished"] == len(children) == 8
     assert parent.data.metrics["children_best_test_acc"] == pytest.approx(children["metrics.test_acc"].max())
     assert len(client.get_metric_history(parent_id, "children_finished")) == 8  # one point per finished child
-    table = mlflow.load_table("tables/configurations.json", run_ids=[parent_id])
+    table = client.load_table(child.info.experiment_id, "tables/configurations.json", run_ids=[parent_id])
     assert sorted(table["run"]) == sorted(children["tags.mlflow.runName"])
 
 

@@ -94,10 +94,11 @@ def test_part1_runs_describe_themselves_in_the_mlflow_ui(mlflow_store, tmp_path)
     assert child.data.tags["mlflow.note.content"].startswith("MLP depth 1 x width 8")
     files = artifact_paths(client, child_id)
     assert {"tables/roc_valid.json", "tables/summary.json"} <= set(files)
-    roc = mlflow.load_table("tables/roc_valid.json", run_ids=[child_id])
+    roc = client.load_table(child.info.experiment_id, "tables/roc_valid.json", run_ids=[child_id])
     assert roc["chosen"].sum() == 1 and roc.loc[roc["chosen"], "threshold"].iloc[0] == pytest.approx(
         child.data.metrics["roc_threshold"])
-    (model,) = mlflow.search_logged_models(filter_string=f"source_run_id = '{child_id}'", output_format="list")
+    (model,) = mlflow.search_logged_models(experiment_ids=[child.info.experiment_id], output_format="list",
+                                          filter_string=f"source_run_id = '{child_id}'")
     assert model.name == "mlp_d1_w8"
     linked = {m.key: m.value for m in model.metrics}
     assert linked["test_acc"] == pytest.approx(child.data.metrics["test_acc"])
@@ -105,7 +106,7 @@ def test_part1_runs_describe_themselves_in_the_mlflow_ui(mlflow_store, tmp_path)
     assert parent.data.metrics["children_finished"] == 2
     assert parent.data.metrics["children_best_test_acc"] == pytest.approx(runs["metrics.test_acc"].max())
     assert "Grid mlp_grid" in parent.data.tags["mlflow.note.content"]
-    table = mlflow.load_table("tables/configurations.json", run_ids=[parent_id])
+    table = client.load_table(child.info.experiment_id, "tables/configurations.json", run_ids=[parent_id])
     assert sorted(table["run"]) == ["mlp_d1_w2", "mlp_d1_w8"]
 
 
