@@ -117,8 +117,22 @@ def _done(prior):
 
 
 def already_done(recipe: CifarRecipe, options: RunOptions) -> bool:
-    """Whether run_recipe would skip this configuration (quietly: a grid asks before opening a parent)."""
-    return not options.restart and options.tracking and bool(len(_done(prior_runs(recipe.config_hash()))))
+    """Whether run_recipe would skip this configuration (quietly: a grid asks before opening a parent).
+    Like run_recipe, it judges the recipe with the digest of the data it would train on."""
+    if options.restart or not options.tracking:
+        return False
+    if recipe.data_digest is None:
+        recipe = recipe.with_(data_digest=_data_digest(options.data_dir, recipe.n_train, recipe.n_valid,
+                                                       recipe.split_seed, options.download))
+    return bool(len(_done(prior_runs(recipe.config_hash()))))
+
+
+def _data_digest(data_dir: Optional[str], n_train: Optional[int], n_valid: int, split_seed: int,
+                 download: bool) -> str:
+    """The digest run_recipe would record for these splits (cifar10_splits caches them per folder)."""
+    from training.data.cifar import cifar10_splits
+
+    return cifar10_splits(data_dir, n_train, n_valid, split_seed, download)[3].digest
 
 
 @contextlib.contextmanager
