@@ -224,6 +224,7 @@ def log_torch_model(model, input_example, name: str = "model") -> str:
     notes about the example's shapes are kept off the console (give an example of >= 2 rows, so
     the batch dimension stays dynamic)."""
     import logging
+    import warnings
 
     import mlflow.pytorch
     import torch
@@ -235,7 +236,9 @@ def log_torch_model(model, input_example, name: str = "model") -> str:
     for lg in quiet:
         lg.setLevel(logging.ERROR)
     try:
-        info = mlflow.pytorch.log_model(model_cpu, name=name, input_example=input_example, pip_requirements=reqs)
+        with warnings.catch_warnings():  # torch.export's per-model note about weight groups of a CPU model
+            warnings.filterwarnings("ignore", message="No complete tensor found in the group", category=UserWarning)
+            info = mlflow.pytorch.log_model(model_cpu, name=name, input_example=input_example, pip_requirements=reqs)
     finally:
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)
