@@ -131,78 +131,114 @@ def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, tta: bool) -> flo
     return 100.0 * correct / len(x)
 
 
-def train(data_dir: str, n_train: int, seed: int, epochs: int, log=print, device: str = "cpu") -> dict:
-    torch.manual_seed(seed)
+def _load(data_dir: str, n_train: int, dev: torch.device):
+    """A random n_train of the 50000 (torch's seeded CPU generator), moved to dev."""
     (x_all, y_all), (x_test, y_test) = read_cifar(data_dir)
     keep = torch.randperm(len(x_all))[:n_train] if n_train < len(x_all) else torch.arange(len(x_all))
-    x_train, y_train = x_all[keep], y_all[keep]
-    dev = torch.device(device)
-    x_train, y_train, y_test = x_train.to(dev), y_train.to(dev), y_test.to(dev)
-    padded = F.pad(normalise(x_train), (HYP["translate"],) * 4, "reflect")  # pre-padded once, as airbench
-    x_test_n = normalise(x_test.to(dev))
-    bs = HYP["batch_size"]
-    steps_per_epoch = len(x_train) // bs  # drop_last
-    total = steps_per_epoch * epochs
+    return x_all[keep].to(dev), y_all[keep].to(dev), normalise(x_test.to(dev)), y_test.to(dev)
 
-    net = Net().to(dev, memory_format=torch.channels_last)
-    net.init_whiten(normalise(x_train[:5000]))
-    kilostep_scale = 1024 * (1 + 1 / (1 - HYP["momentum"]))
-    lr = HYP["lr"] / kilostep_scale
-    wd = HYP["weight_decay"] * bs / kilostep_scale
-    lr_biases = lr * HYP["bias_scaler"]
+
+def _optimiser(net: Net, hyp: dict, total: int):
+    """airbench94's SGD groups (biases at 64x lr), triangular schedule and lookahead weights."""
+    bs = hyp["batch_size"]
+    kilostep_scale = 1024 * (1 + 1 / (1 - hyp["momentum"]))
+    lr = hyp["lr"] / kilostep_scale
+    wd = hyp["weight_decay"] * bs / kilostep_scale
+    lr_biases = lr * hyp["bias_scaler"]
     norm_biases = [p for n, p in net.named_parameters() if "norm" in n and p.requires_grad]
     other = [p for n, p in net.named_parameters() if "norm" not in n and "whiten" not in n and p.requires_grad]
     optimizer = torch.optim.SGD([dict(params=[net.whiten.bias], lr=lr_biases, weight_decay=wd / lr_biases),
                                  dict(params=norm_biases, lr=lr_biases, weight_decay=wd / lr_biases),
-                                 dict(params=other, lr=lr, weight_decay=wd / lr)], momentum=HYP["momentum"],
+                                 dict(params=other, lr=lr, weight_decay=wd / lr)], momentum=hyp["momentum"],
                                 nesterov=True)
-    warm = int(HYP["warmup"] * total)
-    schedule = np.interp(np.arange(1 + total), [0, warm, total], [HYP["lr_start"], 1.0, HYP["lr_end"]])
+    warm = int(hyp["warmup"] * total)
+    schedule = np.interp(np.arange(1 + total), [0, warm, total], [hyp["lr_start"], 1.0, hyp["lr_end"]])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule[step])
     alpha = 0.95 ** 5 * (torch.arange(total + 1) / total) ** 3
-    ema = {k: v.clone() for k, v in net.state_dict().items() if v.is_floating_point()}
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=HYP["label_smoothing"], reduction="none")
+    return optimizer, scheduler, alpha
 
-    step, t0, history = 0, time.perf_counter(), []
+
+def _lookahead(net: Net, ema: dict, decay: float) -> None:
+    with torch.no_grad():
+        for k, v in net.state_dict().items():
+            if k in ema:
+                ema[k].lerp_(v, 1 - decay)
+                v.copy_(ema[k])
+
+
+def _train_epoch(net, state: dict, padded, y_train, hyp: dict, autocast) -> float:
+    """One epoch of airbench94's loop; returns the training accuracy. Counts stay on the device
+    (no per-step synchronisation, as airbench94 itself)."""
+    dev, bs, t = padded.device, hyp["batch_size"], hyp["translate"]
+    order = torch.randperm(len(y_train), device=dev)
+    dy, dx = torch.randint(0, 2 * t + 1, (2, len(y_train)), device=dev)
+    flip = torch.rand(len(y_train), device=dev) < 0.5
+    correct, seen, total = torch.zeros((), device=dev, dtype=torch.long), 0, len(state["alpha"]) - 1
+    for b in range(len(y_train) // bs):  # drop_last
+        idx = order[b * bs:(b + 1) * bs]
+        rows = (torch.arange(32, device=dev)[None] + dy[idx, None])[:, None, :, None]
+        cols = (torch.arange(32, device=dev)[None] + dx[idx, None])[:, None, None, :]
+        xb = padded[idx[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None], rows, cols]
+        xb = torch.where(flip[idx, None, None, None], xb.flip(-1), xb).contiguous(memory_format=torch.channels_last)
+        yb = y_train[idx]
+        with autocast():
+            logits = net(xb)
+            loss = state["loss_fn"](logits, yb).sum()
+        state["optimizer"].zero_grad(set_to_none=True)
+        loss.backward()
+        state["optimizer"].step()
+        state["scheduler"].step()
+        state["step"] += 1
+        correct += (logits.argmax(1) == yb).sum()
+        seen += len(yb)
+        if state["step"] % 5 == 0 or state["step"] == total:
+            _lookahead(net, state["ema"], 1.0 if state["step"] == total else state["alpha"][state["step"]].item())
+    return 100 * correct.item() / seen
+
+
+def _sync(dev: torch.device) -> float:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return time.perf_counter()
+
+
+def train(data_dir: str, n_train: int, seed: int, epochs: int, log=print, device: str = "cpu",
+          test_each_epoch: bool = False, precision: str = "fp32", hyp: dict | None = None) -> dict:
+    """Train and test once. test_each_epoch: also the TTA test after every epoch (for time to
+    accuracy); history's train_s counts training only, its seconds (as before) the tests too.
+    precision bf16: autocast, as archlab's exp2 trains on CUDA (airbench94 itself runs fp16)."""
+    h = {**HYP, **(hyp or {})}
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    x_train, y_train, x_test_n, y_test = _load(data_dir, n_train, dev)
+    padded = F.pad(normalise(x_train), (h["translate"],) * 4, "reflect")  # pre-padded once, as airbench
+    total = len(x_train) // h["batch_size"] * epochs
+    net = Net(h["widths"], h["bn_momentum"], h["scaling_factor"]).to(dev, memory_format=torch.channels_last)
+    net.init_whiten(normalise(x_train[:5000]))
+    optimizer, scheduler, alpha = _optimiser(net, h, total)
+    state = dict(optimizer=optimizer, scheduler=scheduler, alpha=alpha, step=0,
+                 ema={k: v.clone() for k, v in net.state_dict().items() if v.is_floating_point()},
+                 loss_fn=nn.CrossEntropyLoss(label_smoothing=h["label_smoothing"], reduction="none"))
+    autocast = lambda: torch.autocast(dev.type, torch.bfloat16, enabled=precision == "bf16")  # noqa: E731
+    t0, train_s, history = time.perf_counter(), 0.0, []
     for epoch in range(epochs):
         net.train()
-        net.whiten.bias.requires_grad = epoch < HYP["whiten_bias_epochs"]
-        order = torch.randperm(len(x_train), device=dev)
-        t = HYP["translate"]
-        dy, dx = torch.randint(0, 2 * t + 1, (2, len(x_train)), device=dev)
-        flip = torch.rand(len(x_train), device=dev) < 0.5
-        correct = seen = 0
-        for b in range(steps_per_epoch):
-            idx = order[b * bs:(b + 1) * bs]
-            rows = (torch.arange(32, device=dev)[None] + dy[idx, None])[:, None, :, None]
-            cols = (torch.arange(32, device=dev)[None] + dx[idx, None])[:, None, None, :]
-            xb = padded[idx[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None], rows, cols]
-            xb = torch.where(flip[idx, None, None, None], xb.flip(-1), xb).contiguous(memory_format=torch.channels_last)
-            yb = y_train[idx]
-            logits = net(xb)
-            loss = loss_fn(logits, yb).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            correct += (logits.argmax(1) == yb).sum().item()
-            seen += len(yb)
-            if step % 5 == 0 or step == total:
-                decay = 1.0 if step == total else alpha[step].item()
-                with torch.no_grad():
-                    for k, v in net.state_dict().items():
-                        if k in ema:
-                            ema[k].lerp_(v, 1 - decay)
-                            v.copy_(ema[k])
-        test_acc = evaluate(net, x_test_n, y_test, tta=False)
-        history.append(dict(epoch=epoch + 1, train_acc=100 * correct / seen, test_acc=test_acc,
-                            seconds=time.perf_counter() - t0))
-        log(json.dumps(history[-1]))
-    tta_acc = evaluate(net, x_test_n, y_test, tta=True)
+        net.whiten.bias.requires_grad = epoch < h["whiten_bias_epochs"]
+        start = _sync(dev)
+        train_acc = _train_epoch(net, state, padded, y_train, h, autocast)
+        train_s += _sync(dev) - start
+        with autocast():
+            row = dict(epoch=epoch + 1, train_acc=train_acc, test_acc=evaluate(net, x_test_n, y_test, tta=False),
+                       train_s=round(train_s, 3), seconds=time.perf_counter() - t0)  # seconds: as before, no final TTA
+            if test_each_epoch or epoch == epochs - 1:
+                row["test_acc_tta"] = evaluate(net, x_test_n, y_test, tta=True)
+        history.append(row)
+        log(json.dumps(row))
     return dict(recipe="airbench94 (independent re-implementation)", n_train=len(x_train), epochs=epochs,
-                steps=total, seed=seed, test_acc=history[-1]["test_acc"], test_acc_tta=tta_acc,
-                train_seconds=history[-1]["seconds"], history=history,
+                steps=total, seed=seed, test_acc=history[-1]["test_acc"], test_acc_tta=history[-1]["test_acc_tta"],
+                train_seconds=history[-1]["seconds"], train_only_seconds=round(train_s, 3), history=history,
+                precision=precision, test_each_epoch=test_each_epoch,
+                **({"hyp_overrides": hyp} if hyp else {}),
                 device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                 threads=torch.get_num_threads(), torch=torch.__version__)
 
