@@ -9,7 +9,9 @@ same run*. Jobs, in priority order (a job starts only if its estimated time stil
   1. timing, the GPU alone (one job at a time, exp2 and reference interleaved): exp2 L=3 and the
      reference on 45000 images, 3 seeds each, both tested after every epoch with their TTA: bar 1
      and the time to 94 % of bar 3 without other jobs' load in the timings;
-  2. depth, --workers processes sharing the GPU (as the programme run): L = 12, 9, 6, then 18, 3 seeds;
+  2. depth, --workers processes sharing the GPU (as the programme run): L = 12, 9, 6, then 18, 3 seeds,
+     final test only (no bar uses their time to 94 %, which a shared GPU would blur anyway, and
+     the per-epoch TTA test would add about 40 % to each);
   3. the reference on all 50000 images (as published), the GPU alone, 3 seeds.
 Every job runs in a fresh process (so each pays its own warm-up, as a standalone run would), tracking
 off (the GPU image has no MLflow). The JSON (bench/exp2_record.py's format) is rewritten after every
@@ -39,9 +41,10 @@ EXP2_SEEDS, REF_SEEDS = (42, 43, 44), (0, 1, 2)
 EXP2_N_TRAIN, ALL_TRAIN = 45000, 50000
 DEEP = 18
 # Seconds per job on an H200, for --budget: exp2 fit 22.5/32.7/40/50 s at L=3/6/9/12 with 4 workers
-# sharing (measured/gpu_programme_h200_2026-11-27.json) plus start, tests after every epoch and the
-# final TTA; L=3 alone 18 s (measured/gpu_exp2_L3_time_to_accuracy_h200_2026-11-27.json); L=18 and
-# the reference (fp32 and compiled there: 3.3 s on an A100) are guesses, on the safe side.
+# sharing (measured/gpu_programme_h200_2026-11-27.json) plus the worker's start and the final TTA;
+# L=3 alone, tested every epoch, 18 s (measured/gpu_exp2_L3_time_to_accuracy_h200_2026-11-27.json)
+# plus a fresh process; L=18 and the reference (airbench94: 3.3 s compiled on an A100; here eager,
+# bf16, tested every epoch) are guesses on the safe side. Whole plan: about 7.5 minutes.
 ESTIMATE_S = {("exp2", 3): 25, ("exp2", 6): 50, ("exp2", 9): 60, ("exp2", 12): 75, ("exp2", DEEP): 110,
               ("reference", EXP2_N_TRAIN): 25, ("reference", ALL_TRAIN): 28}
 # --smoke: the same plan at toy sizes (fake data of a few hundred images, 1 epoch, 2 seeds, L=3)
@@ -103,8 +106,8 @@ def run_job(job: Job, data_dir: str, device: str, smoke: bool, scratch: str, kee
     if job.kind == "exp2":
         from bench.gpu_check import run_config
 
-        res, _ = run_config(exp2_kwargs(job.size, job.seed, data_dir, device, smoke),
-                            os.path.join(scratch, job.label), data_dir, **epoch_test_options())
+        res, _ = run_config(exp2_kwargs(job.size, job.seed, data_dir, device, smoke), os.path.join(scratch, job.label),
+                            data_dir, **(epoch_test_options() if job.phase == "timing" else {}))
         row = exp2_record.exp2_row(res)
     else:
         from bench import airbench_reference as ref
@@ -279,7 +282,8 @@ def from_results(paths: List[str], data_dir: str, device: str | None = None, not
             rows.append(dict(exp2_record.row_of(json.load(f)), source=os.path.basename(path)))
     torch_version = next((r["torch"] for r in rows if r.get("torch")), torch.__version__)
     device = device or next((r["device"] for r in rows if r.get("device")), "unknown")
-    return exp2_record.assemble(rows, data_record(data_dir), device, torch_version,
+    data = dict(data_record(data_dir), measured_on="the --data-dir given (result files do not record their data)")
+    return exp2_record.assemble(rows, data, device, torch_version,
                                 date=datetime.date.today().isoformat(), from_results=True, notes=list(notes))
 
 

@@ -49,7 +49,7 @@ def exp2_row(res: Dict[str, Any]) -> Dict[str, Any]:
                 fit_s=cumulative[-1], time_to_94_s=time_to(cumulative, per_epoch) if tested else None,
                 test_acc_per_epoch=[round(a, 2) for a in per_epoch] if tested else None,
                 valid_acc_per_epoch=[round(a, 2) for a in res["results"]["test_acc"]],
-                cumulative_s=cumulative, execution=res.get("execution"))
+                cumulative_s=cumulative, tested_each_epoch=tested, execution=res.get("execution"))
 
 
 def reference_row(res: Dict[str, Any]) -> Dict[str, Any]:
@@ -103,6 +103,7 @@ def group_rows(rows: List[Dict[str, Any]]):
         mine = [r for r in rows if r["kind"] == "exp2" and r["L"] == L]
         configs[f"L{L}"] = {"L": L, "n_train": mine[0]["n_train"], **_group(mine, extra=("valid_acc",))}
         configs[f"L{L}"]["mean_valid_acc"] = mean_std(configs[f"L{L}"]["valid_acc"])
+        configs[f"L{L}"]["tested_each_epoch"] = all(r["tested_each_epoch"] for r in mine)  # else no time to 94 %
     return reference, configs
 
 

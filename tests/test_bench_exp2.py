@@ -56,6 +56,12 @@ def test_smoke_run_writes_the_issues_record_and_from_results_rebuilds_it(tmp_pat
     again_path = tmp_path / "again.json"
     assert exp2_bar.main(["--from-results", *files, "--data-dir", str(root), "--out", str(again_path)]) == 0
     again = json.loads(again_path.read_text())
+    assert again["data"].pop("measured_on").startswith("the --data-dir given")
+    untested = json.loads((keep / "exp2_L3_s42.json").read_text())  # as a grid run writes it: final test only
+    for epoch in untested["epochs"]:
+        del epoch["epoch_test_acc"]
+    row = exp2_record.row_of(untested)
+    assert not row["tested_each_epoch"] and row["time_to_94_s"] is None and row["test_acc_per_epoch"] is None
     for key in ("data", "reference", "configs", "bars", "device", "torch"):
         assert again[key] == report[key], key
 
@@ -78,7 +84,8 @@ def _rows(l_means, ref_means, times=(8.0, 10.0)):
     for L, m in l_means.items():
         for i, seed in enumerate((42, 43, 44)):
             rows.append(dict(kind="exp2", L=L, seed=seed, n_train=45000, test_acc=m + (i - 1) * 0.1,
-                             valid_acc=m - 1, fit_s=10.0, time_to_94_s=times[0] if L == 3 else None))
+                             valid_acc=m - 1, fit_s=10.0, time_to_94_s=times[0] if L == 3 else None,
+                             tested_each_epoch=L == 3))
     for n, m in ref_means.items():
         for seed in (0, 1, 2):
             rows.append(dict(kind="reference", n_train=n, seed=seed, test_acc=m, test_acc_no_tta=m - 1,
@@ -93,6 +100,7 @@ def test_the_three_bars_follow_the_numbers():
     assert record["bars"]["accuracy"]["gap_to_target"] == 0.3 and record["bars"]["accuracy"]["gap_to_reference"] == 0.5
     assert record["bars"]["time"]["gap_s"] == -2.0
     assert record["configs"]["L3"]["mean_test_acc"] == dict(mean=94.3, std=0.1, n=3)
+    assert record["configs"]["L3"]["tested_each_epoch"] and not record["configs"]["L6"]["tested_each_epoch"]
     shallow_best = _rows({3: 94.3, 6: 94.1, 9: 94.0, 12: 93.7, 18: 93.0}, {45000: 93.8, 50000: 94.0})
     assert not exp2_record.assemble(shallow_best, {}, "gpu", "x")["bars"]["depth"]["met"]  # L12 0.6 behind
     slow = exp2_record.assemble(_rows({3: 94.3, 6: 94.1, 9: 94.0, 12: 93.9, 18: 93.0}, {45000: 93.8, 50000: 94.0},
