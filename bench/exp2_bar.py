@@ -75,6 +75,21 @@ def plan(smoke: bool = False) -> List[tuple]:
     return [("timing", 1, timing), ("depth", None, depth), ("reference_50000", 1, published)]
 
 
+def simulate(workers: int = 4, smoke: bool = False) -> Dict[str, Any]:
+    """The plan's expected timeline from ESTIMATE_S (phases in turn, each job on the first free
+    slot): what --plan prints, so a session checks the fit before it spends device time."""
+    t, timeline = 0.0, []
+    for phase, width, jobs in plan(smoke):
+        free = [t] * (width or workers)
+        for job in jobs:
+            start = min(free)
+            end = start + ESTIMATE_S[(job.kind, job.size)]
+            free[free.index(start)] = end
+            timeline.append((job.label, phase, start, end))
+        t = max([t, *free])
+    return dict(total_s=t, jobs=timeline)
+
+
 def epoch_test_options() -> Dict[str, Any]:
     """run_config's switch for bench.recipes.test_each_epoch, run_recipe's on-epoch-end hook: the
     test set after every epoch with the final test's TTA (for time to 94 %; nothing chosen on it)."""
@@ -300,11 +315,18 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, 1 epoch, 2 seeds, L=3: checks the script on a CPU")
     ap.add_argument("--from-results", nargs="+", metavar="FILE", help="assemble the record from these result files")
     ap.add_argument("--device-name", help="with --from-results: the device the files were measured on")
+    ap.add_argument("--plan", action="store_true", help="print the expected timeline (ESTIMATE_S) and exit")
     ap.add_argument("--keep-results", metavar="DIR", help="also write each job's own result file to DIR")
     ap.add_argument("--note", action="append", default=[], help="a line for the record's notes (repeatable)")
     args = ap.parse_args(argv)
     if args.workers < 1:
         ap.error(f"--workers must be >= 1, got {args.workers}")
+    if args.plan:
+        sim = simulate(args.workers, args.smoke)
+        for label, phase, start, end in sim["jobs"]:
+            print(f"{start:6.0f} -> {end:4.0f} s  {phase:16s} {label}")
+        print(f"expected total {sim['total_s']:.0f} s with {args.workers} workers (budget {args.budget:g} s)")
+        return 0
     if args.from_results:
         report = from_results(args.from_results, args.data_dir, args.device_name, args.note)
         out = out_path(args.out, report["device"])

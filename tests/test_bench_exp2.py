@@ -73,6 +73,8 @@ def test_the_plan_puts_the_issues_priorities_first_and_the_budget_skips_what_can
                                                "reference_n45000_s1", "exp2_L3_s44", "reference_n45000_s2"]
     assert [(j.size, j.seed) for j in phases[1][2]] == [(L, s) for L in (12, 9, 6, 18) for s in (42, 43, 44)]
     assert [j.label for j in phases[2][2]] == [f"reference_n50000_s{s}" for s in (0, 1, 2)]
+    # gpu_stage.sh gives exp2_bar.py what is left of 545 s after unpacking (~15 s): the whole plan fits
+    assert exp2_bar.simulate(workers=4)["total_s"] <= 500
     root = write_fake_cifar10(tmp_path / "data", n_train_per_batch=10, n_test=10)
     report = exp2_bar.run(str(root), workers=2, budget_s=24, smoke=False, inline=True)
     assert report["runs"] == [] and len(report["skipped"]) == 21 and not report["not_started"]
