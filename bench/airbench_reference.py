@@ -131,10 +131,14 @@ def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, tta: bool) -> flo
     return 100.0 * correct / len(x)
 
 
-def _load(data_dir: str, n_train: int, dev: torch.device):
-    """A random n_train of the 50000 (torch's seeded CPU generator), moved to dev."""
+def _load(data_dir: str, n_train: int, dev: torch.device, indices=None):
+    """The training images at `indices` (e.g. archlab's exp2 split), else a random n_train of the
+    50000 (torch's seeded CPU generator); moved to dev."""
     (x_all, y_all), (x_test, y_test) = read_cifar(data_dir)
-    keep = torch.randperm(len(x_all))[:n_train] if n_train < len(x_all) else torch.arange(len(x_all))
+    if indices is not None:
+        keep = torch.as_tensor(indices, dtype=torch.long)
+    else:
+        keep = torch.randperm(len(x_all))[:n_train] if n_train < len(x_all) else torch.arange(len(x_all))
     return x_all[keep].to(dev), y_all[keep].to(dev), normalise(x_test.to(dev)), y_test.to(dev)
 
 
@@ -203,14 +207,16 @@ def _sync(dev: torch.device) -> float:
 
 
 def train(data_dir: str, n_train: int, seed: int, epochs: int, log=print, device: str = "cpu",
-          test_each_epoch: bool = False, precision: str = "fp32", hyp: dict | None = None) -> dict:
+          test_each_epoch: bool = False, precision: str = "fp32", hyp: dict | None = None,
+          train_indices=None) -> dict:
     """Train and test once. test_each_epoch: also the TTA test after every epoch (for time to
     accuracy); history's train_s counts training only, its seconds (as before) the tests too.
-    precision bf16: autocast, as archlab's exp2 trains on CUDA (airbench94 itself runs fp16)."""
+    precision bf16: autocast, as archlab's exp2 trains on CUDA (airbench94 itself runs fp16).
+    train_indices: train on exactly these of the 50000 (the same images as another run), not n_train."""
     h = {**HYP, **(hyp or {})}
     torch.manual_seed(seed)
     dev = torch.device(device)
-    x_train, y_train, x_test_n, y_test = _load(data_dir, n_train, dev)
+    x_train, y_train, x_test_n, y_test = _load(data_dir, n_train, dev, train_indices)
     padded = F.pad(normalise(x_train), (h["translate"],) * 4, "reflect")  # pre-padded once, as airbench
     total = len(x_train) // h["batch_size"] * epochs
     net = Net(h["widths"], h["bn_momentum"], h["scaling_factor"]).to(dev, memory_format=torch.channels_last)
@@ -238,6 +244,7 @@ def train(data_dir: str, n_train: int, seed: int, epochs: int, log=print, device
                 steps=total, seed=seed, test_acc=history[-1]["test_acc"], test_acc_tta=history[-1]["test_acc_tta"],
                 train_seconds=history[-1]["seconds"], train_only_seconds=round(train_s, 3), history=history,
                 precision=precision, test_each_epoch=test_each_epoch,
+                train_images="given indices" if train_indices is not None else "random subset" if n_train < 50000 else "all",
                 **({"hyp_overrides": hyp} if hyp else {}),
                 device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                 threads=torch.get_num_threads(), torch=torch.__version__)

@@ -7,7 +7,7 @@
 Why one script: the issue's three bars compare exp2 with the reference *on the same machine in the
 same run*. Jobs, in priority order (a job starts only if its estimated time still fits --budget):
   1. timing, the GPU alone (one job at a time, exp2 and reference interleaved): exp2 L=3 and the
-     reference on 45000 images, 3 seeds each, both tested after every epoch with their TTA: bar 1
+     reference on exp2's own 45000 training images, 3 seeds each, both tested after every epoch with their TTA: bar 1
      and the time to 94 % of bar 3 without other jobs' load in the timings;
   2. depth, --workers processes sharing the GPU (as the programme run): L = 12, 9, 6, then 18, 3 seeds,
      final test only (no bar uses their time to 94 %, which a shared GPU would blur anyway, and
@@ -44,7 +44,7 @@ DEEP = 18
 # sharing (measured/gpu_programme_h200_2026-11-27.json) plus the worker's start and the final TTA;
 # L=3 alone, tested every epoch, 18 s (measured/gpu_exp2_L3_time_to_accuracy_h200_2026-11-27.json)
 # plus a fresh process; L=18 and the reference (airbench94: 3.3 s compiled on an A100; here eager,
-# bf16, tested every epoch) are guesses on the safe side. Whole plan: about 7.5 minutes.
+# bf16, tested every epoch) are guesses on the safe side. Whole plan: 479 s with 4 workers (--plan).
 ESTIMATE_S = {("exp2", 3): 25, ("exp2", 6): 50, ("exp2", 9): 60, ("exp2", 12): 75, ("exp2", DEEP): 110,
               ("reference", EXP2_N_TRAIN): 25, ("reference", ALL_TRAIN): 28}
 # --smoke: the same plan at toy sizes (fake data of a few hundred images, 1 epoch, 2 seeds, L=3)
@@ -106,6 +106,17 @@ def exp2_kwargs(L: int, seed: int, data_dir: str, device: str, smoke: bool) -> D
     return {**(by_l.get(L) or {**by_l[3], "layers_per_block": L}), "seed": seed}
 
 
+def exp2_train_indices(data_dir: str, smoke: bool = False) -> List[int]:
+    """exp2's own training images (its recipe's split of the 50000), so that the reference trains
+    on the same images, as bar 1 asks."""
+    from training.cnn.experiment import plan_run
+    from training.data.cifar import load_cifar10, split_indices
+
+    recipe, _ = plan_run({**exp2_kwargs(3, EXP2_SEEDS[0], data_dir, "cpu", smoke), "tracking": False})
+    train, _ = split_indices(len(load_cifar10(data_dir).train_y), recipe.n_train, recipe.n_valid, recipe.split_seed)
+    return train.tolist()
+
+
 def _init(threads: int) -> None:
     import torch
 
@@ -116,7 +127,8 @@ def _init(threads: int) -> None:
 def run_job(job: Job, data_dir: str, device: str, smoke: bool, scratch: str, keep: str | None, t0: float,
             precision: str) -> Dict:
     """One job in its worker process: its row (bench/exp2_record.py) plus when it ran; keep: a folder
-    for the job's own result file (<label>.json, what --from-results reads)."""
+    for the job's own result file (<label>.json, what --from-results reads). The reference at exp2's
+    size trains on exp2's own training images."""
     start = time.time() - t0
     if job.kind == "exp2":
         from bench.gpu_check import run_config
@@ -130,7 +142,8 @@ def run_job(job: Job, data_dir: str, device: str, smoke: bool, scratch: str, kee
         n = SMOKE_REF_N[job.size] if smoke else job.size
         hyp = SMOKE_REF_HYP if smoke else None
         res = ref.train(data_dir, n, job.seed, (hyp or ref.HYP)["epochs"], log=lambda _: None, device=device,
-                        test_each_epoch=True, precision=precision, hyp=hyp)
+                        test_each_epoch=True, precision=precision, hyp=hyp,
+                        train_indices=exp2_train_indices(data_dir, smoke) if job.size == EXP2_N_TRAIN else None)
         row = exp2_record.reference_row(res)
     if keep:
         _write(os.path.join(keep, f"{job.label}.json"), res)

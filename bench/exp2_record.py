@@ -64,7 +64,8 @@ def reference_row(res: Dict[str, Any]) -> Dict[str, Any]:
                 time_to_94_s=time_to(cumulative, per_epoch) if tested else None,
                 test_acc_per_epoch=per_epoch if tested else None,
                 test_acc_no_tta_per_epoch=[h["test_acc"] for h in hist], cumulative_s=cumulative,
-                precision=res.get("precision", "fp32"), device=res.get("device"), torch=res.get("torch"))
+                precision=res.get("precision", "fp32"), train_images=res.get("train_images", "random subset or all"),
+                device=res.get("device"), torch=res.get("torch"))
 
 
 def row_of(res: Dict[str, Any]) -> Dict[str, Any]:

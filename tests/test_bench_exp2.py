@@ -45,6 +45,9 @@ def test_smoke_run_writes_the_issues_record_and_from_results_rebuilds_it(tmp_pat
     assert list(report["configs"]) == ["L3"]
     _check_group(report["configs"]["L3"], [42, 43])
     assert not (report["errors"] or report["skipped"] or report["running"] or report["not_started"])
+    same = [r["train_images"] for r in report["runs"] if r["kind"] == "reference"]
+    assert same == ["given indices"] * 2 + ["random subset"] * 2  # bar 1's reference: exp2's own images
+    assert exp2_bar.exp2_train_indices(str(root), smoke=True) == exp2_bar.exp2_train_indices(str(root), smoke=True)
     phases = [r["phase"] for r in report["runs"]]
     assert phases == ["timing"] * 4 + ["reference_50000"] * 2  # the plan's order, one job at a time
     assert all(len(r["test_acc_per_epoch"]) == 1 for r in report["runs"])  # tested after every epoch
