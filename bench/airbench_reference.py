@@ -244,7 +244,8 @@ def train(data_dir: str, n_train: int, seed: int, epochs: int, log=print, device
                 steps=total, seed=seed, test_acc=history[-1]["test_acc"], test_acc_tta=history[-1]["test_acc_tta"],
                 train_seconds=history[-1]["seconds"], train_only_seconds=round(train_s, 3), history=history,
                 precision=precision, test_each_epoch=test_each_epoch,
-                train_images="given indices" if train_indices is not None else "random subset" if n_train < 50000 else "all",
+                train_images="given indices" if train_indices is not None
+                else "random subset" if n_train < 50000 else "all",
                 **({"hyp_overrides": hyp} if hyp else {}),
                 device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                 threads=torch.get_num_threads(), torch=torch.__version__)

@@ -281,7 +281,8 @@ def run(data_dir: str, workers: int = 4, budget_s: float = float("inf"), out: st
     if precision == "auto":  # the reference under the same autocast as exp2 (bf16 on CUDA, fp32 on a CPU)
         precision = "bf16" if device.startswith("cuda") else "fp32"
     meta = dict(device=device_name(device), torch=torch.__version__, data=data_record(data_dir),
-                date=datetime.date.today().isoformat(), smoke=smoke, workers=workers, budget_s=None if budget_s == float("inf") else budget_s,
+                date=datetime.date.today().isoformat(), smoke=smoke, workers=workers,
+                budget_s=None if budget_s == float("inf") else budget_s,
                 reference_precision=precision, recipe=load_config("exp2"), notes=list(notes),
                 plan={phase: dict(concurrent=width or workers, jobs=[j.label for j in jobs])
                       for phase, width, jobs in plan(smoke)})
@@ -325,7 +326,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reference-precision", default="auto", choices=["auto", "fp32", "bf16"],
                     help="auto: bf16 autocast on CUDA (as exp2 trains), fp32 on a CPU")
     ap.add_argument("--out", help="file, or folder for exp2_<device>_<date>.json (default: bench/measured/)")
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes, 1 epoch, 2 seeds, L=3: checks the script on a CPU")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes, 1 epoch, 2 seeds, L=3: checks the script on a CPU")
     ap.add_argument("--from-results", nargs="+", metavar="FILE", help="assemble the record from these result files")
     ap.add_argument("--device-name", help="with --from-results: the device the files were measured on")
     ap.add_argument("--plan", action="store_true", help="print the expected timeline (ESTIMATE_S) and exit")

@@ -60,7 +60,8 @@ def reference_row(res: Dict[str, Any]) -> Dict[str, Any]:
     per_epoch = [h.get("test_acc_tta") for h in hist]
     tested = bool(res.get("test_each_epoch")) and all(a is not None for a in per_epoch)
     return dict(kind="reference", n_train=res["n_train"], seed=res["seed"], test_acc=round(res["test_acc_tta"], 2),
-                test_acc_no_tta=round(res["test_acc"], 2), fit_s=round(res.get("train_only_seconds", res["train_seconds"]), 2),
+                test_acc_no_tta=round(res["test_acc"], 2),
+                fit_s=round(res.get("train_only_seconds", res["train_seconds"]), 2),
                 time_to_94_s=time_to(cumulative, per_epoch) if tested else None,
                 test_acc_per_epoch=per_epoch if tested else None,
                 test_acc_no_tta_per_epoch=[h["test_acc"] for h in hist], cumulative_s=cumulative,

@@ -111,7 +111,8 @@ def test_the_three_bars_follow_the_numbers():
     slow = exp2_record.assemble(_rows({3: 94.3, 6: 94.1, 9: 94.0, 12: 93.9, 18: 93.0}, {45000: 93.8, 50000: 94.0},
                                       times=(11.0, 10.0)), {}, "gpu", "x")
     assert not slow["bars"]["time"]["met"] and slow["bars"]["accuracy"]["met"]
-    below_ref = exp2_record.assemble(_rows({3: 94.1, 6: 94.0, 9: 94.0, 12: 93.9, 18: 93.0}, {45000: 94.2}), {}, "g", "x")
+    below_ref = exp2_record.assemble(_rows({3: 94.1, 6: 94.0, 9: 94.0, 12: 93.9, 18: 93.0}, {45000: 94.2}),
+                                     {}, "g", "x")
     assert not below_ref["bars"]["accuracy"]["met"] and below_ref["bars"]["accuracy"]["gap_to_reference"] == -0.1
 
 
