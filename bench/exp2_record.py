@@ -87,11 +87,25 @@ def mean_std(values: Sequence[Optional[float]]) -> Dict[str, Any]:
                 std=round(statistics.stdev(values), 2) if len(values) > 1 else None, n=len(values))
 
 
+def time_to_mean(rows: List[Dict[str, Any]], target: float = TARGET) -> Dict[str, Any]:
+    """Time to `target` of the seeds' *mean* accuracy (airbench's sense: a recipe tuned to a 94.0 %
+    mean misses 94 % in about half its seeds): the first epoch whose mean test accuracy over the
+    seeds reaches it, and the seeds' mean training time at that epoch. None if never, or untested."""
+    curves = [r.get("test_acc_per_epoch") for r in rows]
+    if not rows or any(c is None for c in curves) or len({len(c) for c in curves}) != 1:
+        return dict(epoch=None, seconds=None, mean_acc_per_epoch=None)
+    mean_acc = [round(statistics.fmean(accs), 2) for accs in zip(*curves)]
+    epoch = next((i for i, a in enumerate(mean_acc) if a >= target), None)
+    seconds = None if epoch is None else round(statistics.fmean(r["cumulative_s"][epoch] for r in rows), 2)
+    return dict(epoch=None if epoch is None else epoch + 1, seconds=seconds, mean_acc_per_epoch=mean_acc)
+
+
 def _group(rows: List[Dict[str, Any]], keys=("seeds", "test_acc", "fit_s", "time_to_94_s"), extra=()) -> Dict[str, Any]:
     rows = sorted(rows, key=lambda r: r["seed"])
     out = {k: [r["seed" if k == "seeds" else k] for r in rows] for k in (*keys, *extra)}
     out["mean_test_acc"] = mean_std(out["test_acc"])
-    out["mean_time_to_94_s"] = mean_std(out["time_to_94_s"])
+    out["mean_time_to_94_s"] = mean_std(out["time_to_94_s"])  # None when a seed never reached 94 %
+    out["time_to_94_of_mean"] = time_to_mean(rows)
     return out
 
 
@@ -153,17 +167,29 @@ def depth_bar(configs) -> Dict[str, Any]:
                 met=bool(complete and all(-g <= DEPTH_TOLERANCE for g in within.values()) and trainable))
 
 
+def _time_of_mean(group: Optional[Dict[str, Any]]):
+    return None if group is None else group["time_to_94_of_mean"]["seconds"]
+
+
 def time_bar(reference, configs, timed: str = "L3") -> Dict[str, Any]:
-    """Bar 3: exp2's mean time to 94 % test accuracy (tested after every epoch, the runs that had the
-    GPU alone) <= airbench94's on the same GPU in the same run (all 50000 images, as published; the
-    45000-image reference beside it)."""
-    mine = _mean(configs.get(timed), "mean_time_to_94_s")
-    refs = {str(r["n_train"]): _mean(r, "mean_time_to_94_s") for r in reference}
-    published = refs.get(str(max((r["n_train"] for r in reference), default=0)))
-    met = mine is not None and published is not None and len(configs[timed]["seeds"]) >= SEEDS_NEEDED \
-        and mine <= published
-    return dict(config=timed, mean_time_to_94_s=mine, reference_mean_time_to_94_s=refs,
-                reference_n_train=max((r["n_train"] for r in reference), default=None), gap_s=_gap(mine, published),
+    """Bar 3: exp2's time to 94 % test accuracy (the seeds' mean accuracy, tested after every epoch,
+    runs that had the GPU alone) <= airbench94's on the same GPU in the same run (all 50000 images,
+    as published; the 45000-image reference beside it). A reference whose mean never reaches 94 %
+    in its 10 epochs is slower than any exp2 that does (said in `note`)."""
+    mine = _time_of_mean(configs.get(timed))
+    refs = {str(r["n_train"]): _time_of_mean(r) for r in reference}
+    n_published = max((r["n_train"] for r in reference), default=None)
+    published = refs.get(str(n_published))
+    enough = timed in configs and len(configs[timed]["seeds"]) >= SEEDS_NEEDED and n_published is not None \
+        and all(len(r["seeds"]) >= SEEDS_NEEDED for r in reference if r["n_train"] == n_published)
+    ref_tested = n_published is not None and next(r for r in reference if r["n_train"] == n_published)[
+        "time_to_94_of_mean"]["mean_acc_per_epoch"] is not None
+    met = enough and mine is not None and ref_tested and (published is None or mine <= published)
+    note = "the reference's seed mean never reached 94 % in its epochs" if ref_tested and published is None else None
+    return dict(config=timed, time_to_94_of_mean_s=mine, reference_time_to_94_of_mean_s=refs,
+                mean_time_to_94_s=_mean(configs.get(timed), "mean_time_to_94_s"),
+                reference_mean_time_to_94_s={str(r["n_train"]): _mean(r, "mean_time_to_94_s") for r in reference},
+                reference_n_train=n_published, gap_s=_gap(mine, published), note=note,
                 measured_as="seconds at the end of the first epoch whose test accuracy (TTA) reaches 94 %, counting "
                             "exp2's epochs (training + its validation pass) and the reference's training only; "
                             "neither counts data loading, the whitening init or the per-epoch tests",

@@ -84,35 +84,47 @@ def test_the_plan_puts_the_issues_priorities_first_and_the_budget_skips_what_can
     assert report["skipped"]["exp2_L18_s44"].startswith("budget: about 110 s needed")
 
 
+def _row(kind, key, seed, final, t_end, tested=True):
+    """A run's row as exp2_record makes them: two epochs, the second ending at t_end."""
+    curve, cumulative = [final - 3, final], [t_end / 2, t_end]
+    row = dict(seed=seed, test_acc=final, fit_s=t_end, cumulative_s=cumulative,
+               time_to_94_s=exp2_record.time_to(cumulative, curve) if tested else None,
+               test_acc_per_epoch=curve if tested else None)
+    if kind == "exp2":
+        return dict(row, kind=kind, L=key, n_train=45000, valid_acc=final - 1, tested_each_epoch=tested)
+    return dict(row, kind=kind, n_train=key, test_acc_no_tta=final - 1)
+
+
 def _rows(l_means, ref_means, times=(8.0, 10.0)):
-    rows = []
-    for L, m in l_means.items():
-        for i, seed in enumerate((42, 43, 44)):
-            rows.append(dict(kind="exp2", L=L, seed=seed, n_train=45000, test_acc=m + (i - 1) * 0.1,
-                             valid_acc=m - 1, fit_s=10.0, time_to_94_s=times[0] if L == 3 else None,
-                             tested_each_epoch=L == 3))
-    for n, m in ref_means.items():
-        for seed in (0, 1, 2):
-            rows.append(dict(kind="reference", n_train=n, seed=seed, test_acc=m, test_acc_no_tta=m - 1,
-                             fit_s=9.0, time_to_94_s=times[1]))
-    return rows
+    """3 seeds per configuration, 0.1 apart around each mean; only L=3 tested every epoch."""
+    return [_row("exp2", L, s, m + (i - 1) * 0.1, times[0], tested=L == 3)
+            for L, m in l_means.items() for i, s in enumerate((42, 43, 44))] + \
+        [_row("reference", n, s, m + (i - 1) * 0.1, times[1])
+         for n, m in ref_means.items() for i, s in enumerate((0, 1, 2))]
+
+
+DEPTH_OK = {3: 94.3, 6: 94.1, 9: 94.0, 12: 93.9, 18: 93.0}
 
 
 def test_the_three_bars_follow_the_numbers():
-    good = _rows({3: 94.3, 6: 94.1, 9: 94.0, 12: 93.9, 18: 93.0}, {45000: 93.8, 50000: 94.0})
-    record = exp2_record.assemble(good, {}, "gpu", "x")
+    record = exp2_record.assemble(_rows(DEPTH_OK, {45000: 93.8, 50000: 94.0}), {}, "gpu", "x")
     assert record["all_bars_met"], record["bars"]
     assert record["bars"]["accuracy"]["gap_to_target"] == 0.3 and record["bars"]["accuracy"]["gap_to_reference"] == 0.5
-    assert record["bars"]["time"]["gap_s"] == -2.0
     assert record["configs"]["L3"]["mean_test_acc"] == dict(mean=94.3, std=0.1, n=3)
     assert record["configs"]["L3"]["tested_each_epoch"] and not record["configs"]["L6"]["tested_each_epoch"]
-    shallow_best = _rows({3: 94.3, 6: 94.1, 9: 94.0, 12: 93.7, 18: 93.0}, {45000: 93.8, 50000: 94.0})
-    assert not exp2_record.assemble(shallow_best, {}, "gpu", "x")["bars"]["depth"]["met"]  # L12 0.6 behind
-    slow = exp2_record.assemble(_rows({3: 94.3, 6: 94.1, 9: 94.0, 12: 93.9, 18: 93.0}, {45000: 93.8, 50000: 94.0},
-                                      times=(11.0, 10.0)), {}, "gpu", "x")
+    # airbench's sense of time to 94 %: the seeds' mean accuracy, though seed 0 (93.9 %) never gets there
+    published = record["reference"][1]
+    assert published["time_to_94_s"] == [None, 10.0, 10.0] and published["mean_time_to_94_s"]["mean"] is None
+    assert published["time_to_94_of_mean"] == dict(epoch=2, seconds=10.0, mean_acc_per_epoch=[91.0, 94.0])
+    assert record["bars"]["time"]["gap_s"] == -2.0 and record["bars"]["time"]["note"] is None
+    shallow_best = {**DEPTH_OK, 12: 93.7}  # L12 0.6 behind L3
+    shallow = exp2_record.assemble(_rows(shallow_best, {45000: 93.8, 50000: 94.0}), {}, "g", "x")["bars"]["depth"]
+    assert not shallow["met"] and shallow["gap_to_best"]["L12"] == -0.6
+    slow = exp2_record.assemble(_rows(DEPTH_OK, {45000: 93.8, 50000: 94.0}, times=(11.0, 10.0)), {}, "g", "x")
     assert not slow["bars"]["time"]["met"] and slow["bars"]["accuracy"]["met"]
-    below_ref = exp2_record.assemble(_rows({3: 94.1, 6: 94.0, 9: 94.0, 12: 93.9, 18: 93.0}, {45000: 94.2}),
-                                     {}, "g", "x")
+    never = exp2_record.assemble(_rows(DEPTH_OK, {45000: 93.8, 50000: 93.5}), {}, "g", "x")["bars"]["time"]
+    assert never["met"] and never["note"] == "the reference's seed mean never reached 94 % in its epochs"
+    below_ref = exp2_record.assemble(_rows({**DEPTH_OK, 3: 94.1}, {45000: 94.2}), {}, "g", "x")
     assert not below_ref["bars"]["accuracy"]["met"] and below_ref["bars"]["accuracy"]["gap_to_reference"] == -0.1
 
 
