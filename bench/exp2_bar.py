@@ -351,7 +351,7 @@ def main(argv=None) -> int:
         report = run(args.data_dir, args.workers, args.budget, out, args.smoke, args.device,
                      args.reference_precision, args.note, keep=args.keep_results)
     print(f"wrote {out}")
-    print(json.dumps({k: report["bars"][k].get("met") for k in report["bars"]}), flush=True)
+    print("\n".join(exp2_record.summary_lines(report)), flush=True)
     return 0 if not report.get("errors") else 1
 
 

@@ -205,3 +205,26 @@ def assemble(rows: List[Dict[str, Any]], data: Dict[str, Any], device: str, torc
                 time=time_bar(reference, configs, timed))
     return dict(data=data, reference=reference, configs=configs, device=device, torch=torch_version,
                 bars=bars, all_bars_met=all(b["met"] for b in bars.values()), **extra, runs=rows)
+
+
+def _pm(stats: Dict[str, Any]) -> str:
+    if stats["mean"] is None:
+        return "-"
+    return f"{stats['mean']:.2f}" + (f" ± {stats['std']:.2f}" if stats["std"] is not None else "")
+
+
+def summary_lines(record: Dict[str, Any]) -> List[str]:
+    """A few lines for a console or a device call's output tail: each group, then each bar."""
+    lines = [f"data {record['data'].get('copy')} {str(record['data'].get('digest'))[:12]}, {record['device']}, "
+             f"torch {record['torch']}"]
+    groups = [(f"reference n={r['n_train']}", r) for r in record["reference"]] + list(record["configs"].items())
+    for name, g in groups:
+        t = g["time_to_94_of_mean"]
+        when = "not tested every epoch" if t["mean_acc_per_epoch"] is None else "not reached" \
+            if t["seconds"] is None else f"{t['seconds']} s (epoch {t['epoch']})"
+        lines.append(f"{name:18s} seeds {g['seeds']}: test {_pm(g['mean_test_acc'])} %, 94 % (seed mean): {when}")
+    for name, b in record["bars"].items():
+        shown = {k: v for k, v in b.items() if k in ("mean", "reference_mean", "gap_to_target", "gap_to_reference",
+                                                     "spread", "time_to_94_of_mean_s", "gap_s", "note", "why_not_met")}
+        lines.append(f"bar {name}: {'MET' if b['met'] else 'not met'} {shown}")
+    return lines

@@ -122,6 +122,9 @@ def test_the_three_bars_follow_the_numbers():
     assert not shallow["met"] and shallow["gap_to_best"]["L12"] == -0.6
     slow = exp2_record.assemble(_rows(DEPTH_OK, {45000: 93.8, 50000: 94.0}, times=(11.0, 10.0)), {}, "g", "x")
     assert not slow["bars"]["time"]["met"] and slow["bars"]["accuracy"]["met"]
+    lines = exp2_record.summary_lines(record)
+    assert "L3                 seeds [42, 43, 44]: test 94.30 ± 0.10 %, 94 % (seed mean): 8.0 s (epoch 2)" in lines
+    assert lines[-1].startswith("bar time: MET")
     never = exp2_record.assemble(_rows(DEPTH_OK, {45000: 93.8, 50000: 93.5}), {}, "g", "x")["bars"]["time"]
     assert never["met"] and never["note"] == "the reference's seed mean never reached 94 % in its epochs"
     below_ref = exp2_record.assemble(_rows({**DEPTH_OK, 3: 94.1}, {45000: 94.2}), {}, "g", "x")
