@@ -304,16 +304,21 @@ def run(data_dir: str, workers: int = 4, budget_s: float = float("inf"), out: st
 
 def from_results(paths: List[str], data_dir: str, device: str | None = None, notes=()) -> Dict[str, Any]:
     """The record from result files already written (airbench_reference.py --out, cnn_experiment's
-    results JSON), without training: how the CPU runs are recorded."""
+    results JSON), without training: how the CPU runs are recorded. The data is --data-dir's; exp2
+    results files that record their own data (kind) must agree with it."""
     import torch
 
     rows = []
     for path in paths:
         with open(path) as f:
             rows.append(dict(exp2_record.row_of(json.load(f)), source=os.path.basename(path)))
+    data = dict(data_record(data_dir), measured_on="the --data-dir given; exp2 results files checked against it")
+    said = {r["data_kind"] for r in rows if r.get("data_kind")} - {"unknown"}
+    if said and said != {data["copy"]}:
+        raise ValueError(f"the exp2 result files were trained on {sorted(said)} data, but --data-dir "
+                         f"{data_dir} holds the {data['copy']} copy")
     torch_version = next((r["torch"] for r in rows if r.get("torch")), torch.__version__)
     device = device or next((r["device"] for r in rows if r.get("device")), "unknown")
-    data = dict(data_record(data_dir), measured_on="the --data-dir given (result files do not record their data)")
     return exp2_record.assemble(rows, data, device, torch_version,
                                 date=datetime.date.today().isoformat(), from_results=True, notes=list(notes))
 

@@ -49,7 +49,8 @@ def exp2_row(res: Dict[str, Any]) -> Dict[str, Any]:
                 fit_s=cumulative[-1], time_to_94_s=time_to(cumulative, per_epoch) if tested else None,
                 test_acc_per_epoch=[round(a, 2) for a in per_epoch] if tested else None,
                 valid_acc_per_epoch=[round(a, 2) for a in res["results"]["test_acc"]],
-                cumulative_s=cumulative, tested_each_epoch=tested, execution=res.get("execution"))
+                cumulative_s=cumulative, tested_each_epoch=tested, execution=res.get("execution"),
+                data_kind=(res.get("data") or {}).get("kind"), data_digest=(res.get("data") or {}).get("digest"))
 
 
 def reference_row(res: Dict[str, Any]) -> Dict[str, Any]:

@@ -65,6 +65,12 @@ def test_smoke_run_writes_the_issues_record_and_from_results_rebuilds_it(tmp_pat
         del epoch["epoch_test_acc"]
     row = exp2_record.row_of(untested)
     assert not row["tested_each_epoch"] and row["time_to_94_s"] is None and row["test_acc_per_epoch"] is None
+    assert row["data_kind"] == "unknown" and len(row["data_digest"]) == 64  # each exp2 run records its data
+    untested["data"]["kind"] = "lossless"  # a file trained on another copy than --data-dir holds
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(untested))
+    with pytest.raises(ValueError, match=r"trained on \['lossless'\] data, but --data-dir .* holds the unknown copy"):
+        exp2_bar.from_results([str(other)], str(root))
     for key in ("data", "reference", "configs", "bars", "device", "torch"):
         assert again[key] == report[key], key
 
