@@ -276,7 +276,7 @@ def run(data_dir: str, workers: int = 4, budget_s: float = float("inf"), out: st
     started = time.time() if started is None else started
     import torch
 
-    from training.config import load_config
+    from training.grids.expand import load_grid_config
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -285,7 +285,7 @@ def run(data_dir: str, workers: int = 4, budget_s: float = float("inf"), out: st
     meta = dict(device=device_name(device), torch=torch.__version__, data=data_record(data_dir),
                 date=datetime.date.today().isoformat(), smoke=smoke, workers=workers,
                 budget_s=None if budget_s == float("inf") else budget_s,
-                reference_precision=precision, recipe=load_config("exp2"), notes=list(notes),
+                reference_precision=precision, recipe=load_grid_config("exp2"), notes=list(notes),
                 plan={phase: dict(concurrent=width or workers, jobs=[j.label for j in jobs])
                       for phase, width, jobs in plan(smoke)})
     if keep:
