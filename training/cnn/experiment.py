@@ -17,6 +17,7 @@ from training.cnn.options import RunOptions
 from training.cnn.recipe import CifarRecipe
 from training.cnn.session import SessionHook, TrainingSession
 from training.engine.execution import ExecutionPolicy
+from training.preflight import check_outputs
 
 
 def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int] = None, device: Optional[str] = None,
@@ -62,7 +63,9 @@ def plan_run(call: Dict[str, Any]) -> Tuple[CifarRecipe, RunOptions]:
             call[name] = list(call[name])
     options = RunOptions(**{k: v for k, v in call.items() if k in RunOptions.__dataclass_fields__}).validate()
     recipe = CifarRecipe(**{k: v for k, v in call.items() if k in CifarRecipe.__dataclass_fields__})
-    return recipe.validate(), options
+    recipe.validate()
+    check_outputs(recipe.run_name, options.out_dir, options.checkpoints, options.checkpoint_dir)
+    return recipe, options
 
 
 def decide_policy(recipe: CifarRecipe, options: RunOptions) -> ExecutionPolicy:
@@ -97,6 +100,7 @@ def run_recipe(recipe: CifarRecipe, policy: ExecutionPolicy, options: RunOptions
     skip, resume_run_id = store.find_prior(recipe, options)
     if skip:
         return None
+    store.check_state_fits(recipe, options, model)  # a corrupt or other-architecture state: one line, the way out
     store.check_resume_data(recipe, options)
     print(f"*** Starting cnn_experiment {store.run_name(recipe, options)} with config: "
           f"{store.programme_config(recipe, options)} on {record.kind} data {record.digest[:12]} ({record.source})")

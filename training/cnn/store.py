@@ -60,12 +60,12 @@ def check_resume_data(recipe: CifarRecipe, options: RunOptions) -> None:
     """Before any run opens: a training state left by a run on other data (or saved before data
     digests were recorded) is never continued; a one-line error names both digests."""
     from training.data.cifar import check_same_data
-    from training.trainer import load_checkpoint
+    from training.preflight import read_training_state
 
     state_file = f"{checkpoint_path(recipe, options)}.state"
     if options.restart or not os.path.isfile(state_file):
         return
-    saved = (load_checkpoint(state_file).get("loader") or {}).get("data_digest")
+    saved = (read_training_state(state_file).get("loader") or {}).get("data_digest")
     check_same_data(saved or "(not recorded)", recipe.data_digest, what=f"the training state {state_file}")
 
 
@@ -86,26 +86,38 @@ def prior_runs(chash: str):
 
 
 def find_prior(recipe: CifarRecipe, options: RunOptions) -> Tuple[bool, Optional[str]]:
-    """(skip, resume_run_id): skip a configuration that already finished (or diverged); resume the
-    newest earlier run when its training state is still on disk. restart forgets both."""
+    """(skip, resume_run_id): skip a configuration that already finished (or diverged); continue
+    the newest unfinished earlier run (killed, failed, or left RUNNING by a dead owner), from its
+    training state when one is on disk, else afresh in that same run: one run per configuration,
+    never a duplicate. restart forgets both (and closes stale runs)."""
     state_base = checkpoint_path(recipe, options)
+    resume_run_id = None
+    if options.tracking:
+        from training.tracking import lifecycle
+
+        chash = recipe.config_hash()
+        prior = prior_runs(chash)
+        done = _done(prior)
+        if len(done) and not options.restart:
+            print(f"*** Skipping {run_name(recipe, options)}: already finished in run {done.run_id.iloc[0]} (same "
+                  f"config hash {chash}, same data); use restart to train it again")
+            return True, None
+        unfinished = prior[~prior.run_id.isin(done.run_id)] if len(prior) else prior
+        resume_run_id = lifecycle.resumable(unfinished, run_name(recipe, options), reuse=not options.restart)
     if options.restart:
         for path in (state_base, f"{state_base}.state"):
             if os.path.exists(path):
                 os.remove(path)
-        return False, None
-    if not options.tracking:
-        return False, None
-    chash = recipe.config_hash()
-    prior = prior_runs(chash)
-    done = _done(prior)
-    if len(done):
-        print(f"*** Skipping {run_name(recipe, options)}: already finished in run {done.run_id.iloc[0]} (same "
-              f"config hash {chash}, same data); use restart to train it again")
-        return True, None
-    if len(prior) and os.path.isfile(f"{state_base}.state"):
-        return False, prior.run_id.iloc[0]
-    return False, None
+    return False, resume_run_id
+
+
+def check_state_fits(recipe: CifarRecipe, options: RunOptions, model: Any) -> None:
+    """The training state a resume would load was made for `model` (else a one-line error with the way out)."""
+    from training.preflight import check_training_state
+
+    state_file = f"{checkpoint_path(recipe, options)}.state"
+    if not options.restart and os.path.isfile(state_file):
+        check_training_state(state_file, model)
 
 
 def _done(prior):
@@ -144,6 +156,7 @@ def tracked_run(recipe: CifarRecipe, options: RunOptions, device: Any, resume_ru
     from training.trainer import NonFiniteLossError
 
     tags = {tracking.ROLE_TAG: "child", tracking.HASH_TAG: recipe.config_hash(), "archlab.device": str(device),
+            "archlab.out_dir": str(options.out_dir), "archlab.checkpoints": checkpoint_path(recipe, options),
             tracking.CONFIG_TAG: recipe.name, **({tracking.GRID_TAG: options.grid} if options.grid else {}),
             **(tags or {})}
     with tracking.open_run(run_name(recipe, options), tags=tags, run_id=resume_run_id) as run:
@@ -162,7 +175,8 @@ def log_run_params(recipe: CifarRecipe, options: RunOptions, counts: Dict[str, i
     from training.tracking import runs as tracking
 
     cfg = programme_config(recipe, options)
-    cfg.pop("kw")
+    for name in ("kw", *RunOptions.PROGRAMME_ARGS):  # out_dir, device, checkpoints: tags (tracked_run), not
+        cfg.pop(name)                                 # params, so changing them never blocks a resume
     settings = {k: v for k, v in recipe.fields_logged().items()
                 if k not in recipe.PROGRAMME_ARGS + recipe.FROM_DATA}  # the data: tags and dataset inputs
     params = {**cfg, **settings, **counts, "channels": recipe.channels}
@@ -192,8 +206,9 @@ def log_outcome(run: Any, recipe: CifarRecipe, options: RunOptions, fit: FitResu
     if options.log_model and model is not None:
         model_id = tracking.log_torch_model(model.float(), example_input, name=run_name(recipe, options))
     # best_valid_acc is already a per-epoch metric: logging it again would duplicate its last step
-    tracking.log_metrics({k: v for k, v in final.items() if k != "best_valid_acc"}, step=fit.num_epochs,
-                         model_id=model_id)
+    # (each once: a run killed during its final logging and resumed does not log them again)
+    tracking.log_final_metrics({k: v for k, v in final.items() if k != "best_valid_acc"}, step=fit.num_epochs,
+                               model_id=model_id)
     describe.log_summary_table({"run": run_name(recipe, options), **final})
     mlflow.set_tags({f"archlab.{k}": v for k, v in execution.items() if k in ("cuda_graph", "cuda_graph_fallback")})
     path = write_results(recipe, options, fit, final, epochs=history, execution=execution,

@@ -26,6 +26,8 @@ class ExecutionPolicy:
         """The policy for `device` (None: CUDA when available). cuda_graphs="on" where a graph
         cannot work is refused here, with the reasons, before any data is read."""
         dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if dev.type == "cpu":  # one CPU device: "cpu:0" is "cpu" (torch cannot map checkpoints to "cpu:0")
+            dev = torch.device("cpu")
         return cls(device=dev, amp_dtype=autocast_dtype(amp, dev), channels_last=channels_last != "off",
                    cuda_graphs=use_cuda_graph(cuda_graphs, dev, lr_schedule), cudnn_benchmark=dev.type == "cuda")
 

@@ -41,12 +41,10 @@ def grid_parent_run(name: str, cfg: Mapping[str, Any], runs: Sequence[Any]) -> I
     tags = {tracking.GRID_TAG: name, tracking.ROLE_TAG: "parent", "archlab.n_configurations": str(len(runs)),
             **({"archlab.seeds": ",".join(seeds)} if seeds else {})}
     with tracking.open_run(name, tags=tags, run_id=resume_id) as run:
-        if earlier is not None:
-            error = earlier.get("tags.archlab.error")
-            if isinstance(error, str):
-                mlflow.set_tag("archlab.previous_error", error)
-                mlflow.MlflowClient().delete_tag(resume_id, "archlab.error")
-            print(f"*** Continuing the grid's earlier parent run {resume_id} (it ended {earlier['status']})")
+        if earlier is not None:  # open_run keeps its old error as archlab.previous_error
+            how = "its owner died, leaving it RUNNING" if earlier["status"] == "RUNNING" else \
+                f"it ended {earlier['status']}"
+            print(f"*** Continuing the grid's earlier parent run {resume_id} ({how})")
         tracking.log_params(params)
         describe(grid_description(name, len(runs), f"{cfg['model_type']}, K x L"), run.info.run_id)
         yield run
@@ -55,24 +53,22 @@ def grid_parent_run(name: str, cfg: Mapping[str, Any], runs: Sequence[Any]) -> I
 
 def _continuable_parent(name: str, params: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
     """The newest parent run of grid `name` in this experiment (its search_runs row) if it ended
-    FAILED or KILLED and its params equal `params`; None otherwise, and whenever the parent is not
-    archlab's to choose (inside an active run, or launched by `mlflow run`)."""
+    FAILED or KILLED, or its owner died leaving it RUNNING (training.tracking.lifecycle), and its
+    params equal `params`; None otherwise, and whenever the parent is not archlab's to choose
+    (inside an active run, or launched by `mlflow run`). A parent whose owner lives: RunBusyError."""
     import mlflow
 
-    from training.tracking import runs as tracking
+    from training.tracking import lifecycle, runs as tracking
 
     if mlflow.active_run() is not None or os.environ.get("MLFLOW_RUN_ID"):
         return None
-    found = mlflow.search_runs([tracking.current_experiment_id()], output_format="pandas", max_results=1,
+    found = mlflow.search_runs([tracking.current_experiment_id()], output_format="pandas", max_results=100,
                                filter_string=f"tags.{tracking.GRID_TAG} = '{name}' and "
                                              f"tags.`{tracking.ROLE_TAG}` = 'parent'",
                                order_by=["attributes.start_time DESC"])
-    if not len(found) or found["status"].iloc[0] not in ("FAILED", "KILLED"):
-        return None
-    logged = found.iloc[0]
-    if any(logged.get(f"params.{k}") != v for k, v in tracking.flatten_params(params).items()):
-        return None
-    return logged
+    flat = tracking.flatten_params(params)
+    return lifecycle.parent_to_continue(found, name, lambda row: all(row.get(f"params.{k}") == v
+                                                                     for k, v in flat.items()))
 
 
 def train_child(grid: str, recipe: "CifarRecipe", options: "RunOptions") -> str:

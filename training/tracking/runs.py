@@ -18,7 +18,7 @@ import time
 from typing import Any, Dict, Iterator, Mapping, Optional
 
 import mlflow
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from training.config import config_hash  # noqa: F401  (re-exported: runs are tagged with it)
@@ -97,16 +97,25 @@ def open_run(name: str, tags: Optional[Mapping[str, str]] = None, experiment: Op
              run_id: Optional[str] = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or resume, with `run_id`) a run in the right place:
 
-    - inside an active run: a nested child of it;
+    - inside an active run: a nested child of it, in the parent's experiment (a resumed child is
+      moved under the active parent);
     - launched by `mlflow run` (MLFLOW_RUN_ID set): the project's own run becomes this run;
     - otherwise: a new top-level run in `experiment` (default: default_experiment_name()).
-    A run that raises ends FAILED with the error kept as the tag `archlab.error`.
+    The run is tagged with its owner (training.tracking.lifecycle). A run that raises ends FAILED
+    (KILLED for Ctrl-C, SIGTERM, SIGHUP) with the reason in `archlab.end_reason` and the error in
+    `archlab.error`; a resumed run keeps its previous ones as `archlab.previous_*`.
     """
-    tags = dict(tags or {})
+    from training.tracking import lifecycle
+
+    lifecycle.install_signal_handlers()
+    tags = {**dict(tags or {}), **lifecycle.owner_tags()}
+    active = mlflow.active_run()
     if run_id is not None:
-        ctx = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
-    elif mlflow.active_run() is not None:
-        ctx = mlflow.start_run(run_name=name, nested=True, tags=tags)
+        if active is None:  # new nested children must land in the resumed run's experiment
+            mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
+        ctx = mlflow.start_run(run_id=run_id, nested=active is not None)
+    elif active is not None:
+        ctx = mlflow.start_run(run_name=name, nested=True, tags=tags, experiment_id=active.info.experiment_id)
     elif os.environ.get("MLFLOW_RUN_ID"):
         ctx = mlflow.start_run(run_name=name, tags=tags)
     else:
@@ -114,16 +123,35 @@ def open_run(name: str, tags: Optional[Mapping[str, str]] = None, experiment: Op
             mlflow.set_experiment(experiment or default_experiment_name())
         ctx = mlflow.start_run(run_name=name, tags=tags)
     with ctx as run:
-        if run_id is not None and tags:
-            mlflow.set_tags(tags)
+        lifecycle.opened(run.info.run_id)
         try:
+            if run_id is not None:
+                _reopened(run_id, tags, parent_id=active.info.run_id if active is not None else None)
             yield run
         except BaseException as e:
             status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
             with contextlib.suppress(Exception):
-                mlflow.set_tag("archlab.error", f"{type(e).__name__}: {e}"[:5000])
+                mlflow.set_tags({lifecycle.ERROR_TAG: f"{type(e).__name__}: {e}"[:5000],
+                                 lifecycle.END_REASON_TAG: lifecycle.end_reason(e)})
             mlflow.end_run(status=status)
             raise
+        finally:
+            lifecycle.closed(run.info.run_id)
+
+
+def _reopened(run_id: str, tags: Mapping[str, str], parent_id: Optional[str]) -> None:
+    """A resumed run: new owner tags, under the active parent, its old end kept as `previous_*`."""
+    from training.tracking import lifecycle
+
+    client = MlflowClient()
+    old = client.get_run(run_id).data.tags
+    moved = {f"archlab.previous_{key.split('.', 1)[1]}": old[key]
+             for key in (lifecycle.ERROR_TAG, lifecycle.END_REASON_TAG) if key in old}
+    extra = {"mlflow.parentRunId": parent_id} if parent_id and old.get("mlflow.parentRunId") != parent_id else {}
+    mlflow.set_tags({**tags, **moved, **extra})
+    for key in (lifecycle.ERROR_TAG, lifecycle.END_REASON_TAG):
+        if key in old:
+            client.delete_tag(run_id, key)
 
 
 def default_experiment_name() -> str:
@@ -177,7 +205,7 @@ def same_param(logged: str, value: str) -> bool:
 
 
 def log_metrics(metrics: Mapping[str, Any], step: int, run_id: Optional[str] = None,
-                model_id: Optional[str] = None) -> None:
+                model_id: Optional[str] = None, tags: Optional[Mapping[str, str]] = None) -> None:
     """Numeric, finite-or-not metrics in a single `log_batch` call (one round-trip per epoch);
     with `model_id` they are also the metrics of that logged model (its page in the UI)."""
     run_id = run_id or mlflow.active_run().info.run_id
@@ -185,7 +213,7 @@ def log_metrics(metrics: Mapping[str, Any], step: int, run_id: Optional[str] = N
     batch = [Metric(k, float(v), ts, step, model_id=model_id) for k, v in metrics.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if batch:
-        MlflowClient().log_batch(run_id, metrics=batch)
+        MlflowClient().log_batch(run_id, metrics=batch, tags=[RunTag(k, v) for k, v in (tags or {}).items()])
 
 
 class EpochLogger:
@@ -207,7 +235,10 @@ class EpochLogger:
             return
         self.last_logged_step = epoch
         renamed = {self.prefix_map.get(k, k): v for k, v in epoch_metrics.items() if k not in ("epoch", "improved")}
-        log_metrics({k: v for k, v in renamed.items() if v is not None}, step=epoch, run_id=self.run_id)
+        from training.tracking.lifecycle import heartbeat_tags
+
+        log_metrics({k: v for k, v in renamed.items() if v is not None}, step=epoch, run_id=self.run_id,
+                    tags=heartbeat_tags())  # the owner's heartbeat, in the same round-trip
 
 
 def log_figure(fig, artifact_file: str, close: bool = True) -> None:
@@ -216,6 +247,22 @@ def log_figure(fig, artifact_file: str, close: bool = True) -> None:
     mlflow.log_figure(fig, artifact_file)
     if close:
         plt.close(fig)
+
+
+def log_final_metrics(metrics: Mapping[str, Any], step: int, run_id: Optional[str] = None,
+                      model_id: Optional[str] = None) -> None:
+    """The run's one-off final metrics (test_acc, n_params ...), each logged once: a resumed run
+    that was killed during its final logging does not log them a second time."""
+    run_id = run_id or mlflow.active_run().info.run_id
+    have = MlflowClient().get_run(run_id).data.metrics
+    log_metrics({k: v for k, v in metrics.items() if k not in have}, step=step, run_id=run_id, model_id=model_id)
+
+
+def _logged_models(run_id: str, name: str) -> list:
+    run = MlflowClient().get_run(run_id)
+    found = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                        filter_string=f"source_run_id = '{run_id}'")
+    return [m for m in found if m.name == name]
 
 
 def log_torch_model(model, input_example, name: str = "model") -> str:
@@ -229,6 +276,13 @@ def log_torch_model(model, input_example, name: str = "model") -> str:
     import mlflow.pytorch
     import torch
 
+    run_id = mlflow.active_run().info.run_id
+    existing = _logged_models(run_id, name)  # a resumed run: a READY model is kept (logged once), a
+    ready = [m for m in existing if str(m.status) == "READY"]  # PENDING one (a kill mid-upload) deleted
+    if ready:
+        return ready[0].model_id
+    for m in existing:
+        MlflowClient().delete_logged_model(m.model_id)
     reqs = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
     model_cpu = model.to("cpu").eval()
     quiet = [logging.getLogger(n) for n in ("torch._export", "torch.export", "torch._dynamo", "torch.fx")]

@@ -1,0 +1,201 @@
+"""Run lifecycle: who owns a RUNNING run, how every visible exit closes it, and how a run whose
+owner died unseen (SIGKILL, a lost machine) is recognised on the next run of the same grid.
+
+Why: MLflow leaves a run RUNNING forever unless the process that opened it ends it. archlab makes
+the store's state always true:
+- every run archlab opens carries its owner (`archlab.owner.*`: host, pid, and the process start
+  token, so a reused pid is not mistaken for the owner) and a heartbeat refreshed every epoch;
+- SIGTERM and SIGHUP (what Kubernetes, systemd, `timeout` and a closed terminal send) raise
+  `Interrupted`, a KeyboardInterrupt, in the main thread: the `with` blocks unwind and each run
+  ends KILLED with the signal as `archlab.end_reason`, as Ctrl-C already did;
+- a RUNNING run is *stale* when its owner is gone: on this host, no process with that pid and
+  start token; elsewhere, no heartbeat for ARCHLAB_STALE_AFTER_S (default 6 h). A stale run is
+  continued (its configuration resumes in it) or closed KILLED, never duplicated.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Dict, Iterable, Mapping, Optional
+
+OWNER_PID_TAG = "archlab.owner.pid"
+OWNER_HOST_TAG = "archlab.owner.host"
+OWNER_TOKEN_TAG = "archlab.owner.token"
+HEARTBEAT_TAG = "archlab.heartbeat"
+END_REASON_TAG = "archlab.end_reason"
+ERROR_TAG = "archlab.error"
+STALE_AFTER_S = 6 * 3600
+HANDLED_SIGNALS = ("SIGTERM", "SIGHUP")
+
+_OPEN_RUNS: Dict[str, None] = {}  # run ids this process has open (ordered: children after parents)
+_LOCK = threading.Lock()
+
+
+class Interrupted(KeyboardInterrupt):
+    """A termination signal, raised in the main thread so runs unwind like a Ctrl-C (KILLED)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class RunBusyError(RuntimeError):
+    """A live process (not this one) owns the run this command would train or continue."""
+
+
+# ------------------------------------------------------------------------------------------ owners
+def _process_token(pid: int) -> Optional[str]:
+    """boot id + the process's start time (clock ticks since boot): unique to one process's life."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+        start = stat.rsplit(")", 1)[1].split()[19]
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+    except (OSError, IndexError):
+        return None
+    return f"{boot}:{start}"
+
+
+def owner_tags() -> Dict[str, str]:
+    """Tags naming this process as a run's owner, with a fresh heartbeat."""
+    return {OWNER_PID_TAG: str(os.getpid()), OWNER_HOST_TAG: socket.gethostname(),
+            OWNER_TOKEN_TAG: _process_token(os.getpid()) or "", **heartbeat_tags()}
+
+
+def heartbeat_tags() -> Dict[str, str]:
+    return {HEARTBEAT_TAG: f"{time.time():.0f}"}
+
+
+def stale_after_s() -> float:
+    return float(os.environ.get("ARCHLAB_STALE_AFTER_S", STALE_AFTER_S))
+
+
+def owner_alive(tags: Mapping[str, str]) -> bool:
+    """Whether the process named in a RUNNING run's owner tags still lives (runs logged before
+    owners were recorded have none: nobody can be training them now)."""
+    pid, host = tags.get(OWNER_PID_TAG), tags.get(OWNER_HOST_TAG)
+    if not pid or not host:
+        return False
+    if int(pid) == os.getpid() and host == socket.gethostname():
+        return True
+    if host == socket.gethostname() and tags.get(OWNER_TOKEN_TAG):
+        return _process_token(int(pid)) == tags[OWNER_TOKEN_TAG]
+    try:
+        return time.time() - float(tags.get(HEARTBEAT_TAG, 0)) < stale_after_s()
+    except ValueError:
+        return False
+
+
+def describe_owner(tags: Mapping[str, str]) -> str:
+    return f"pid {tags.get(OWNER_PID_TAG, '?')} on {tags.get(OWNER_HOST_TAG, '?')}"
+
+
+def run_tags(row: Mapping) -> Dict[str, str]:
+    """The tags of a search_runs row (pandas Series with `tags.*` columns) as a plain dict."""
+    return {k[len("tags."):]: v for k, v in dict(row).items() if k.startswith("tags.") and isinstance(v, str)}
+
+
+def close_stale(run_id: str, tags: Mapping[str, str], why: str) -> None:
+    """End a stale RUNNING run KILLED, saying whose it was and why it was closed."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.set_tag(run_id, END_REASON_TAG, f"its owner ({describe_owner(tags)}) died without ending it; {why}")
+    client.set_terminated(run_id, "KILLED")
+    print(f"*** Closed stale run {run_id} as KILLED: its owner ({describe_owner(tags)}) is gone")
+
+
+# ------------------------------------------------------------------------------------------ signals
+def _raise_interrupted(signum, frame) -> None:
+    for name in HANDLED_SIGNALS:  # one unwinding at a time: a second signal must not cut the cleanup short
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGHUP raise Interrupted in the main thread (handlers set by others are kept)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in HANDLED_SIGNALS:
+        sig = getattr(signal, name)
+        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, _raise_interrupted)
+
+
+def end_reason(error: BaseException) -> str:
+    """The `archlab.end_reason` of a run left by `error`."""
+    if isinstance(error, Interrupted):
+        return f"stopped by {error}: rerun the same command to resume it"
+    if isinstance(error, KeyboardInterrupt):
+        return "stopped by SIGINT (Ctrl-C): rerun the same command to resume it"
+    return f"failed: {type(error).__name__}: {error}"[:5000]
+
+
+# ------------------------------------------------------------------------------------------ registry
+def opened(run_id: str) -> None:
+    with _LOCK:
+        _OPEN_RUNS[run_id] = None
+
+
+def closed(run_id: str) -> None:
+    with _LOCK:
+        _OPEN_RUNS.pop(run_id, None)
+
+
+def open_runs() -> Iterable[str]:
+    with _LOCK:
+        return list(_OPEN_RUNS)
+
+
+def close_open_runs(status: str, reason: str) -> None:
+    """End every run this process still has open (a worker about to exit while its training
+    thread holds a run): children first. Quick and quiet: the store may be going away too."""
+    from mlflow.tracking import MlflowClient
+
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
+    client = MlflowClient()
+    for run_id in reversed(list(open_runs())):
+        with contextlib.suppress(Exception):
+            client.set_tag(run_id, END_REASON_TAG, reason)
+            client.set_terminated(run_id, status)
+        closed(run_id)
+
+
+def resumable(prior, label: str, reuse: bool = True) -> Optional[str]:
+    """Of the unfinished earlier runs of one configuration (a search_runs frame, newest first), the
+    run to continue (None: open a new one). A run whose owner still lives raises RunBusyError; the
+    other RUNNING ones are stale and are closed KILLED, so the configuration never has two."""
+    chosen = None
+    for _, row in prior.iterrows():
+        tags = run_tags(row)
+        if row["status"] == "RUNNING" and owner_alive(tags):
+            raise RunBusyError(f"{label} is already being trained in {describe_owner(tags)} (run {row['run_id']}); "
+                               f"wait for it to finish, or stop that process and rerun")
+    for _, row in prior.iterrows():
+        if reuse and chosen is None:
+            chosen = row["run_id"]
+        elif row["status"] == "RUNNING":
+            close_stale(row["run_id"], run_tags(row), f"superseded by {'run ' + chosen if chosen else 'a restart'}")
+    return chosen
+
+
+def parent_to_continue(found, grid: str, same_grid) -> Optional[Mapping]:
+    """Of a grid's parent runs (a search_runs frame, newest first), the one a rerun continues: the
+    newest, if it ended FAILED or KILLED or was left RUNNING by a dead owner, and `same_grid(row)`.
+    A parent whose owner lives raises RunBusyError; other stale RUNNING parents are closed KILLED."""
+    running = [row for _, row in found.iterrows() if row["status"] == "RUNNING"]
+    for row in running:
+        if owner_alive(run_tags(row)):
+            raise RunBusyError(f"grid {grid} is already running in {describe_owner(run_tags(row))} (parent run "
+                               f"{row['run_id']}); wait for it to finish, or stop that process and rerun")
+    newest = found.iloc[0] if len(found) else None
+    chosen = newest if newest is not None and newest["status"] in ("FAILED", "KILLED", "RUNNING") \
+        and same_grid(newest) else None
+    for row in running:
+        if chosen is None or row["run_id"] != chosen["run_id"]:
+            close_stale(row["run_id"], run_tags(row), f"grid {grid} was rerun")
+    return chosen
