@@ -10,16 +10,21 @@ import sys
 
 import click
 
-from entrypoints.common import (auto_is_none, device_list, print_where, resolve_device, run_cli, seeds_option, start,
+from entrypoints.common import (auto_is_none, device_list, lifecycle_errors, print_where, resolve_device, run_cli,
+                                seeds_option, start,
                                 tracking_options, worker_count, zero_is_none)
 from training.grids.expand import GRIDS
 
 
 def name_list(ctx, param, value):
-    """'a,b' -> ['a', 'b']; '' or 'all' -> None (every configuration)."""
+    """'a,b' -> ['a', 'b']; '' or 'all' -> None (every configuration); ',' names nothing: an error."""
     if value in (None, "", "all"):
         return None
-    return [v.strip() for v in value.split(",") if v.strip()] or None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise click.BadParameter(f"{value!r} names no configuration; pass names like exp1_1_L2_K32,exp1_1_L2_K64, "
+                                 f"or 'all'")
+    return names
 
 
 @click.group()
@@ -95,12 +100,13 @@ def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, device, ou
     if download:
         overrides["options"]["download"] = True
     uri = start(tracking_uri, experiment)
-    try:
-        run_grid(name, overrides, workers=workers, devices=devices, only=only, seeds=seeds)
-    except (ValueError, FileNotFoundError) as e:
-        raise click.UsageError(str(e)) from None
-    except WorkerDiedError as e:  # says which configurations stopped and how to resume them
-        raise click.ClickException(str(e)) from e
+    with lifecycle_errors():
+        try:
+            run_grid(name, overrides, workers=workers, devices=devices, only=only, seeds=seeds)
+        except (ValueError, FileNotFoundError) as e:
+            raise click.UsageError(str(e)) from None
+        except WorkerDiedError as e:  # says which configurations stopped and how to resume them
+            raise click.ClickException(str(e)) from e
     print_where(uri)
 
 
@@ -207,8 +213,6 @@ def run_exp_parser() -> argparse.ArgumentParser:
 def run_exp(ctx):
     """One configuration, with the programme's options (-n -K -L -P -H -M ...; --help for all)."""
     args = run_exp_parser().parse_args(ctx.args)
-    from training.cnn.experiment import cnn_experiment, plan_run
-
     seeds = run_exp_seeds(args.seed, args.seeds)
     device = resolve_device(args.device) if args.device else None
     kw = dict(data_dir=args.data_dir, download=args.download, n_train=args.n_train, n_valid=args.n_valid,
@@ -218,6 +222,14 @@ def run_exp(ctx):
                 checkpoints=args.checkpoints, lr=args.lr, reg=args.reg, filters_per_layer=args.filters_per_layer,
                 layers_per_block=args.layers_per_block, pool_every=args.pool_every, hidden_dims=args.hidden_dims,
                 model_type=args.model_type, **kw)
+    with lifecycle_errors():
+        run_exp_seeds_in_turn(args, seeds, call)
+
+
+def run_exp_seeds_in_turn(args, seeds, call) -> None:
+    """Every seed's arguments checked, then each seed trained in turn (bad input: a usage error)."""
+    from training.cnn.experiment import cnn_experiment, plan_run
+
     try:
         if len(seeds) > 1 and args.checkpoints:
             raise ValueError("--checkpoints names one file: with several --seeds leave it out (each seed gets its own)")

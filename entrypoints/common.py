@@ -1,11 +1,15 @@
 """Options and start-up shared by every entry point (tracking store, device, threads)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sys
-from typing import Optional
+from typing import Iterator, Optional
 
 import click
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
 def resolve_device(device: Optional[str]) -> str:
@@ -18,6 +22,9 @@ def resolve_device(device: Optional[str]) -> str:
         dev = torch.device(device)
     except RuntimeError:
         raise click.BadParameter(f"{device!r} is not a device; use auto, cpu, cuda or cuda:N", param_hint="--device")
+    if dev.type not in DEVICE_TYPES:
+        raise click.BadParameter(f"{device!r} cannot train a model (no real memory); use auto, cpu, cuda or cuda:N",
+                                 param_hint="--device")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise click.BadParameter(f"{device!r} requested but CUDA is not available here; use cpu or auto",
                                  param_hint="--device")
@@ -87,7 +94,72 @@ def start(tracking_uri: Optional[str], experiment: Optional[str]) -> str:
     except ConnectionError as e:  # unreachable server: a one-line error, not a traceback
         raise click.ClickException(str(e)) from None
     check_tracking_scheme(uri)
+    check_store(uri)
+    check_experiment(os.environ.get("ARCHLAB_EXPERIMENT", tracking.DEFAULT_EXPERIMENT))
     return uri
+
+
+def check_store(uri: str) -> None:
+    """One cheap request to the store, so a store that cannot hold runs fails now, in one line:
+    in-memory SQLite, a folder (MLflow's file store), a file that is not SQLite, a server that
+    wants credentials or that is not MLflow."""
+    from mlflow import MlflowClient
+
+    if uri.startswith("sqlite:") and (uri.rstrip("/") in ("sqlite:", "sqlite:/") or ":memory:" in uri):
+        raise click.BadParameter(f"tracking URI {uri!r} is an in-memory database: every run would vanish when the "
+                                 f"process exits; use sqlite:///path.db", param_hint="--tracking-uri")
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001  (MLflow, SQLAlchemy and HTTP errors: all mean "not a usable store")
+        raise click.ClickException(store_error(uri, e)) from None
+
+
+def store_error(uri: str, e: Exception) -> str:
+    """What to do about a store that failed the probe."""
+    text = str(e).replace("\n", " ")
+    if "maintenance mode" in text:
+        return (f"tracking URI {uri!r} is a folder, MLflow's file store, which MLflow 3.13+ refuses; use "
+                f"sqlite:///path.db (convert old runs with `mlflow migrate-filestore`)")
+    code = re.search(r"error code (\d+)", text)
+    if uri.startswith(("http://", "https://")) and code and code.group(1) in ("401", "403"):
+        return (f"the tracking server {uri} refused the request (HTTP {code.group(1)}): it needs credentials; "
+                f"export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    if uri.startswith(("http://", "https://")):
+        return (f"{uri} answers /health but is not an MLflow tracking server ({text[:160]}); check the host and "
+                f"port (python -m entrypoints.server starts one)")
+    return (f"tracking URI {uri!r} is not a usable MLflow store ({text[:200]}); point it at an MLflow sqlite file "
+            f"or a new path (sqlite:///mlflow.db)")
+
+
+def check_experiment(name: str) -> None:
+    """A soft-deleted experiment cannot take runs: say how to restore it (MLflow only raises)."""
+    import mlflow
+
+    if os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_RUN_ID"):
+        return
+    exp = mlflow.MlflowClient().get_experiment_by_name(name)
+    if exp is not None and exp.lifecycle_stage == "deleted":
+        raise click.BadParameter(f"experiment {name!r} is deleted (id {exp.experiment_id}); restore it with "
+                                 f"`mlflow experiments restore --experiment-id {exp.experiment_id}`, or pass "
+                                 f"another --experiment", param_hint="--experiment")
+
+
+@contextlib.contextmanager
+def lifecycle_errors() -> Iterator[None]:
+    """The run lifecycle's errors as one line: a grid or run another process owns, a checkpoint that
+    could not be written, and a stopping signal (exit 128 + signal, the runs already KILLED)."""
+    from training.grids.lock import GridBusyError
+    from training.tracking.lifecycle import Interrupted, RunBusyError
+    from training.trainer import CheckpointWriteError
+
+    try:
+        yield
+    except (GridBusyError, RunBusyError, CheckpointWriteError) as e:
+        raise click.ClickException(str(e)) from None
+    except Interrupted as e:
+        click.echo(f"Error: stopped by {e}: the runs it had open ended KILLED; rerun the same command to resume",
+                   err=True)
+        sys.exit(128 + e.signum)
 
 
 def check_tracking_scheme(uri: str) -> None:
@@ -102,7 +174,7 @@ def check_tracking_scheme(uri: str) -> None:
         _tracking_store_registry.get_store_builder(uri)
     except MlflowException:
         raise click.BadParameter(f"tracking URI {uri!r}: MLflow has no store for the scheme "
-                                 f"{uri.split(':', 1)[0]!r}; use sqlite:///path.db, a folder, or "
+                                 f"{uri.split(':', 1)[0]!r}; use sqlite:///path.db or "
                                  f"http(s)://host:port of a tracking server", param_hint="--tracking-uri") from None
 
 

@@ -7,6 +7,7 @@ MLflow logger (training/tracking/runs.py) plugs in there.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -345,12 +346,24 @@ def load_checkpoint(filename: str, map_location: Any = "cpu") -> Dict[str, Any]:
                          f"non-tensor objects): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, file-size limit): the previous one is intact."""
+
+
 def _atomic_save(obj: Any, filename: str) -> None:
-    """Write to a temp file then rename, so a kill mid-save never leaves a truncated checkpoint."""
-    os.makedirs(os.path.dirname(os.path.abspath(filename)), exist_ok=True)
+    """Write to a temp file then rename, so a kill mid-save never leaves a truncated checkpoint; a
+    failed write removes its temp file and says what to do (the previous checkpoint stays intact)."""
     tmp = f"{filename}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, filename)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(filename)), exist_ok=True)
+        torch.save(obj, tmp)
+        os.replace(tmp, filename)
+    except (OSError, RuntimeError) as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise CheckpointWriteError(f"could not write checkpoint {filename!r} (disk full or file-size limit?): "
+                                   f"{str(e).splitlines()[0][:200]}; free space, then rerun the same command: it "
+                                   f"resumes from the last saved epoch") from None
 
 
 def _mean(values) -> float:

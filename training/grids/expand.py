@@ -147,19 +147,28 @@ def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, workers: 
     processes (training.grids.parallel); otherwise one after the other in this process.
     only: train just these configurations (programme names); the rest stay as they are.
     seeds: the seeds of every configuration (None: the config's seed)."""
+    import mlflow
+
     from training.cnn.store import run_name
+    from training.grids.lock import config_lock, grid_lock
 
     cfg = load_grid_config(name)
     planned = plan_grid(name, overrides, only, seeds)
-    if nothing_to_train(name, planned):
-        return {"written": [], "skipped": [run_name(recipe, options) for recipe, options in planned], "diverged": []}
-    if workers > 1 or devices:
-        from training.grids.parallel import run_grid_parallel
+    with grid_lock(mlflow.get_tracking_uri(), name):  # one process per store and grid, in every mode
+        if nothing_to_train(name, planned):
+            return {"written": [], "skipped": [run_name(recipe, options) for recipe, options in planned],
+                    "diverged": []}
+        if workers > 1 or devices:
+            from training.grids.parallel import run_grid_parallel
 
-        return run_grid_parallel(name, cfg, planned, workers=workers, devices=devices)
-    outcome = {"written": [], "skipped": [], "diverged": []}
-    with grid_parent_run(name, cfg, planned):
-        for recipe, options in planned:
-            outcome[train_child(name, recipe, options)].append(run_name(recipe, options))
+            return run_grid_parallel(name, cfg, planned, workers=workers, devices=devices)
+        outcome = {"written": [], "skipped": [], "diverged": [], "busy": []}
+        with grid_parent_run(name, cfg, planned):
+            for recipe, options in planned:
+                label = run_name(recipe, options)
+                with config_lock(options.checkpoint_dir, label) as holder:
+                    if holder is not None:  # another grid (on another store) trains it: leave it to that one
+                        print(f"*** {label}: {holder} is training it right now; leaving it to that one")
+                    outcome["busy" if holder else train_child(name, recipe, options)].append(label)
     print_summary(name, outcome)
     return outcome

@@ -22,7 +22,6 @@ Design (why it looks like this):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from training.cnn.store import run_name
+from training.grids.lock import config_lock
 from training.grids.parent import Planned, train_child
 
 _WORKER: Dict[str, Any] = {}  # per worker process: device, set once by _init_worker
@@ -96,21 +96,24 @@ def shared_tracking_store(workers: int) -> Iterator[str]:
     state = tempfile.mkdtemp(prefix="archlab-grid-server-")
     print(f"*** {workers} workers on the local store {uri}: starting a private MLflow server over it "
           f"(SQLite takes one writer process) ...")
-    with start_server(uri, default_artifact_root=local_artifact_root(uri), state_dir=state) as server:
-        print(f"*** Private MLflow server at {server.uri} (log {server.log_path})")
-        previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-        mlflow.set_tracking_uri(server.uri)
-        os.environ["MLFLOW_TRACKING_URI"] = server.uri
-        try:
-            yield server.uri
-        finally:
-            mlflow.set_tracking_uri(uri)
-            if previous_env is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = previous_env
-    print(f"*** Private MLflow server stopped; the runs are in {uri}")
-    shutil.rmtree(state, ignore_errors=True)
+    try:
+        with start_server(uri, default_artifact_root=local_artifact_root(uri), state_dir=state,
+                          cleanup_dir=state) as server:
+            print(f"*** Private MLflow server at {server.uri} (log {server.log_path})")
+            previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+            mlflow.set_tracking_uri(server.uri)
+            os.environ["MLFLOW_TRACKING_URI"] = server.uri
+            try:
+                yield server.uri
+            finally:
+                mlflow.set_tracking_uri(uri)
+                if previous_env is None:
+                    os.environ.pop("MLFLOW_TRACKING_URI", None)
+                else:
+                    os.environ["MLFLOW_TRACKING_URI"] = previous_env
+        print(f"*** Private MLflow server stopped; the runs are in {uri}")
+    finally:  # on every exit, WorkerDiedError and signals included (a SIGKILL: the watchdog removes it)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def _init_worker(tracking_uri: str, device_slots, n_threads: int) -> None:
@@ -123,24 +126,12 @@ def _init_worker(tracking_uri: str, device_slots, n_threads: int) -> None:
         os.environ.pop(var, None)
     mlflow.set_tracking_uri(tracking_uri)
     torch.set_num_threads(n_threads)
+    from training.procs import die_with_parent
+    from training.tracking.lifecycle import install_signal_handlers
+
+    die_with_parent()  # a kill -9 of the driver: SIGTERM here, the run ends KILLED, the worker exits
+    install_signal_handlers()
     _WORKER["device"] = device_slots.get()
-
-
-@contextlib.contextmanager
-def _config_lock(checkpoint_dir: str, label: str) -> Iterator[bool]:
-    """An exclusive, non-blocking lock on one configuration; yields False when another process holds it."""
-    folder = Path(checkpoint_dir) / ".locks"  # left in place: unlinking a flock file races its next user
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{label}.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def train_configuration(grid: str, parent_run_id: str, experiment_id: str, planned: Planned) -> Tuple[str, str]:
@@ -158,9 +149,9 @@ def train_configuration(grid: str, parent_run_id: str, experiment_id: str, plann
         import mlflow
 
         try:
-            with _config_lock(options.checkpoint_dir, label) as mine:
-                if not mine:
-                    print(f"*** {label}: another process is training it right now; leaving it to that one")
+            with config_lock(options.checkpoint_dir, label) as holder:
+                if holder is not None:
+                    print(f"*** {label}: another process ({holder}) is training it right now; leaving it to that one")
                     result["status"] = "busy"
                     return
                 mlflow.set_experiment(experiment_id=experiment_id)
@@ -175,12 +166,15 @@ def train_configuration(grid: str, parent_run_id: str, experiment_id: str, plann
     try:
         while thread.is_alive():
             thread.join(0.5)
-    except KeyboardInterrupt:
-        # Ctrl-C reaches the workers too. Leave at once, like a kill: the child run stays RUNNING with
-        # its training state and resumes on the next grid command; the pool must not hand this
-        # process another configuration while the interrupted one is still running in its thread.
+    except KeyboardInterrupt as e:
+        # Ctrl-C, SIGTERM, or the driver's death (PR_SET_PDEATHSIG). Leave at once: the pool must not hand
+        # this process another configuration while the interrupted one still runs in its thread; its run
+        # ends KILLED with the reason (lifecycle) and resumes from its last epoch on the next grid command.
+        from training.tracking.lifecycle import close_open_runs, end_reason
+
         print(f"*** {label}: interrupted; it resumes from its last epoch on the next grid command", flush=True)
-        os._exit(130)
+        close_open_runs("KILLED", end_reason(e))
+        os._exit(128 + getattr(e, "signum", 2))
     if "error" in result:
         e = result["error"]
         if isinstance(e, (ValueError, FileNotFoundError)):  # bad input: the CLI turns these into usage errors
@@ -239,6 +233,11 @@ def run_grid_parallel(name: str, cfg: Mapping[str, Any], runs: List[Planned], wo
             for f in futures:
                 label, status = f.result()
                 outcome[status].append(label)
+        except BaseException:  # an error or a signal in the driver: no worker may outlive it
+            from training.procs import stop_processes
+
+            stop_processes(list((executor._processes or {}).values()))
+            raise
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
     print_summary(name, outcome)

@@ -9,7 +9,9 @@ Why a wrapper and not a bare `mlflow server` call:
   an admin password of >= 12 characters since no default ships, and the auth database's location,
   which is relative to the server's CWD by default); `auth_settings` writes them once per state folder.
 
-The server runs in its own process group, so `stop()` ends uvicorn and its workers together.
+The server runs in its own process group, so `stop()` ends uvicorn and its workers together; a
+watchdog leads that group (training.tracking.watchdog) and ends it when the starting process dies,
+even by SIGKILL, so no server outlives its owner.
 """
 from __future__ import annotations
 
@@ -212,6 +214,8 @@ class ServerHandle:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        if self.process.stdin is not None:
+            self.process.stdin.close()
 
     def __enter__(self) -> "ServerHandle":
         return self
@@ -225,14 +229,14 @@ def start_server(backend_store_uri: str = "sqlite:///mlflow.db", host: str = "12
                  auth: bool = False, allowed_hosts: Optional[str] = None, http_workers: Optional[int] = None,
                  state_dir: Optional[os.PathLike] = None, admin_password: Optional[str] = None,
                  job_execution: bool = False, timeout_s: float = 90.0,
-                 extra_args: Sequence[str] = ()) -> ServerHandle:
+                 extra_args: Sequence[str] = (), cleanup_dir: Optional[os.PathLike] = None) -> ServerHandle:
     """Start `mlflow server` and return once /health answers (or raise with the server's log).
 
     port None: a free port. http_workers None: 1 on a SQLite/file store (one process owns the file,
     so writes never race), else MLflow's default of 4. state_dir (default ./mlflow-server) holds
     the server log and the basic-auth state. job_execution False turns off MLflow 3's background
     job runner (seven huey processes the experiment tracking does not use), which matters on small
-    machines.
+    machines. cleanup_dir: a folder removed when the server stops because its starter died.
     """
     if port is None:
         port = free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")
@@ -256,7 +260,11 @@ def start_server(backend_store_uri: str = "sqlite:///mlflow.db", host: str = "12
         env.update(settings.env())
     log_path = state / f"server-{port}.log"
     log_file = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+    from training.tracking import watchdog
+
+    guard = [sys.executable, os.path.abspath(watchdog.__file__)] + \
+        (["--cleanup", str(cleanup_dir)] if cleanup_dir else []) + ["--"]
+    proc = subprocess.Popen(guard + cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, env=env,
                             start_new_session=True)
     handle = ServerHandle(uri=client_uri(host, port), process=proc, log_path=log_path,
                           backend_store_uri=backend_store_uri, auth=settings, _log_file=log_file)
