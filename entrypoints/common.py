@@ -108,8 +108,11 @@ def check_store(uri: str) -> None:
     if uri.startswith("sqlite:") and (uri.rstrip("/") in ("sqlite:", "sqlite:/") or ":memory:" in uri):
         raise click.BadParameter(f"tracking URI {uri!r} is an in-memory database: every run would vanish when the "
                                  f"process exits; use sqlite:///path.db", param_hint="--tracking-uri")
+    from training.grids.lock import store_setup_lock
+
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        with store_setup_lock(uri) if uri.startswith("sqlite:") else contextlib.nullcontext():
+            MlflowClient(uri).search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001  (MLflow, SQLAlchemy and HTTP errors: all mean "not a usable store")
         raise click.ClickException(store_error(uri, e)) from None
 
@@ -135,7 +138,7 @@ def check_experiment(name: str) -> None:
     """A soft-deleted experiment cannot take runs: say how to restore it (MLflow only raises)."""
     import mlflow
 
-    if os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_RUN_ID"):
+    if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: the project run's experiment
         return
     exp = mlflow.MlflowClient().get_experiment_by_name(name)
     if exp is not None and exp.lifecycle_stage == "deleted":

@@ -8,8 +8,11 @@ Keep docs/bad-inputs.md in sync with the ids below.
 """
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import pickle
+import threading
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +103,31 @@ CASES: List[Case] = [
     Case("grid-seeds-negative", "cifar", ["grid", "test_run", "--seeds", "-1"], r"--seeds.*negative seed\(s\) \[-1\]"),
     Case("grid-seeds-not-int", "cifar", ["grid", "test_run", "--seeds", "42,abc"],
          r"--seeds.*seeds '42,abc': abc is not an integer"),
+    # --- the run lifecycle (issue #19): everything a run writes, and the store, checked before any work
+    Case("grid-out-dir-is-a-file", "cifar",
+         ["grid", "test_run", *SMALL, "--data-dir", "{fake}", "--out-dir", "{a_file}/results"],
+         r"out_dir '.*a_file/results' cannot be a folder: '.*a_file' is a file; pass another --out-dir"),
+    Case("grid-checkpoint-dir-is-a-file", "cifar",
+         ["grid", "test_run", *SMALL, "--data-dir", "{fake}", "--checkpoint-dir", "{a_file}"],
+         r"checkpoint_dir '.*a_file' cannot be a folder: '.*a_file' is a file; pass another --checkpoint-dir"),
+    Case("grid-tracking-in-memory", "cifar",
+         ["grid", "test_run", *SMALL, "--data-dir", "{fake}", "--tracking-uri", "sqlite:///:memory:"],
+         r"'sqlite:///:memory:' is an in-memory database: every run would vanish .*use sqlite:///path.db"),
+    Case("grid-tracking-garbage-sqlite", "cifar",
+         ["grid", "test_run", *SMALL, "--data-dir", "{fake}", "--tracking-uri", "sqlite:///{garbage_db}"],
+         r"Error: tracking URI '.*garbage.db' is not a usable MLflow store \(.*file is not a database.*\); point it"),
+    Case("grid-tracking-folder", "cifar", ["grid", "test_run", *SMALL, "--data-dir", "{fake}", "--tracking-uri", "{empty}"],
+         r"Error: tracking URI '.*empty' is a folder, MLflow's file store, which MLflow 3.13\+ refuses; use "
+         r"sqlite:///path.db"),
+    Case("grid-tracking-not-mlflow", "cifar",
+         ["grid", "test_run", *SMALL, "--data-dir", "{fake}", "--tracking-uri", "{not_mlflow}"],
+         r"Error: http://127.0.0.1:\d+ answers /health but is not an MLflow tracking server"),
+    Case("grid-experiment-deleted", "cifar", ["grid", "test_run", *SMALL, "--data-dir", "{fake}", "--experiment", "gone"],
+         r"experiment 'gone' is deleted \(id \d+\); restore it with `mlflow experiments restore --experiment-id \d+`"),
+    Case("grid-device-meta", "cifar", ["grid", "test_run", "--device", "meta"],
+         r"--device.*'meta' cannot train a model \(no real memory\); use auto, cpu, cuda or cuda:N"),
+    Case("grid-only-comma", "cifar", ["grid", "test_run", *SMALL, "--data-dir", "{fake}", "--only", ","],
+         r"--only.*',' names no configuration; pass names like exp1_1_L2_K32"),
     # --- run-exp (the programme's options)
     Case("runexp-model-unknown", "cifar", [*RUNEXP, "-K", "8", "-L", "1", "-P", "1", "-H", "8", "-M", "vgg"],
          r"--model-type/-M: invalid choice: 'vgg'.*'cnn', 'resnet', 'ycn'"),
@@ -130,6 +158,12 @@ CASES: List[Case] = [
                                             "--seeds", "1,2"], r"give --seed or --seeds, not both"),
     Case("runexp-seeds-negative", "cifar", [*RUNEXP, "-K", "8", "-L", "1", "-P", "1", "-H", "8", "--seeds", "1,-2"],
          r"seeds '1,-2': negative seed\(s\) \[-2\]"),
+    Case("runexp-name-escapes", "cifar", [*RUNEXP, "-K", "8", "-L", "1", "-P", "1", "-H", "8", "-n", "../../x"],
+         r"run name '\.\./\.\./x' must be a plain file name .*no '/', no '\.\.', not empty"),
+    Case("runexp-name-subdir", "cifar", [*RUNEXP, "-K", "8", "-L", "1", "-P", "1", "-H", "8", "-n", "sub/dir"],
+         r"run name 'sub/dir' must be a plain file name"),
+    Case("runexp-name-empty", "cifar", [*RUNEXP, "-K", "8", "-L", "1", "-P", "1", "-H", "8", "-n", ""],
+         r"run name '' must be a plain file name"),
     # --- Part 1 CLI
     Case("part1-seeds-duplicate", "part1", ["mlp-grid", "--seeds", "7,7"], r"--seeds.*seeds '7,7' repeats \[7\]"),
     Case("part1-config-missing", "part1", ["main", "--config", "nope"],
@@ -187,6 +221,13 @@ CASES: List[Case] = [
          ValueError),
     Case("ckpt-non-tensor-object", "ckpt", "{ckpt_dir}/object.pt",
          r"'.*object.pt' is not a readable archlab checkpoint .*non-tensor objects", ValueError),
+    # --- saved training states a rerun would resume from
+    Case("state-corrupt", "cnn", _tiny(checkpoints="{ckpt_dir}/corrupt_state"),
+         r"training state '.*corrupt_state.state' is corrupt \(.*\); delete '.*corrupt_state.state' to train this "
+         r"configuration afresh, or rerun with --restart true", ValueError),
+    Case("state-other-model", "cnn", _tiny(checkpoints="{ckpt_dir}/other_model"),
+         r"training state '.*other_model.state' does not fit this model \(another architecture: .*Missing key"
+         r".*\); delete .* or rerun with --restart true", ValueError),
     # --- data
     Case("data-wrong-shape", "data", "{wrong_shape}",
          r"data_batch_2: b'data' must be a uint8 array of shape \(N, 3072\), got uint8 array of shape \(20, 100\)",
@@ -206,7 +247,7 @@ def _make_inputs(root: Path) -> dict:
     paths = {"empty": root / "empty", "fake": root / "fake", "corrupt": root / "corrupt",
              "wrong_shape": root / "wrong_shape", "no_test": root / "no_test", "bad_labels": root / "bad_labels",
              "ckpt_dir": root / "bad_ckpts", "not_yaml": root / "not_yaml.yaml",
-             "part1_rmsprop": root / "part1_rmsprop.yaml"}
+             "part1_rmsprop": root / "part1_rmsprop.yaml", "a_file": root / "a_file", "garbage_db": root / "garbage.db"}
     paths["empty"].mkdir(parents=True)
     write_fake_cifar10(paths["fake"])
     for name in ("corrupt", "wrong_shape", "no_test", "bad_labels"):
@@ -232,6 +273,11 @@ def _make_inputs(root: Path) -> dict:
     good = (ck / "good.pt").read_bytes()
     (ck / "truncated.pt").write_bytes(good[: len(good) // 2])
     (ck / "random.pt").write_bytes(os.urandom(4096))
+    (ck / "corrupt_state.state").write_bytes(os.urandom(4096))
+    torch.save({"trainer": {"model": {"w": torch.ones(3)}}, "epoch": 1, "curves": {}, "best_acc": 1.0,
+                "epochs_without_improvement": 0}, ck / "other_model.state")
+    (root / "a_file").write_text("not a folder\n")
+    (root / "garbage.db").write_bytes(b"this is not an SQLite file\n" * 100)
     torch.save({"w": torch.ones(3), "extra": Opaque()}, ck / "object.pt")
     torch.save({"loader": {"data_digest": "0" * 64}}, ck / "otherdata.pt.state")  # a run's state on other data
 
@@ -265,8 +311,34 @@ def store(tmp_path_factory):
         (root / "results" / "existing.json").write_text('{"valid_acc": 61.5}')
         (root / "checkpoints").mkdir()
         torch.save({"w": torch.zeros(2)}, root / "checkpoints" / "existing.pt")
+        mlflow.MlflowClient().delete_experiment(mlflow.create_experiment("gone"))  # soft-deleted
         inputs = _make_inputs(root / "inputs")
-        yield dict(uri=uri, root=root, run_id=run.info.run_id, inputs=inputs)
+        with not_mlflow_service() as url:
+            inputs["not_mlflow"] = url
+            yield dict(uri=uri, root=root, run_id=run.info.run_id, inputs=inputs)
+
+
+@contextlib.contextmanager
+def not_mlflow_service():
+    """A real HTTP service on 127.0.0.1 that answers /health (200) but is no MLflow server (404)."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            ok = self.path.startswith("/health")
+            self.send_response(200 if ok else 404)
+            self.end_headers()
+            self.wfile.write(b"OK" if ok else b"<html>not found</html>")
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
 
 
 def _snapshot(store) -> Tuple[Any, Any]:

@@ -90,3 +90,18 @@ def config_lock(checkpoint_dir: str, label: str) -> Iterator[Optional[str]]:
     """The lock of one configuration's checkpoint files; yields None when held, else the holder."""
     with exclusive(Path(checkpoint_dir) / ".locks" / f"{label}.lock") as holder:
         yield holder
+
+
+@contextlib.contextmanager
+def store_setup_lock(store_uri: str) -> Iterator[None]:
+    """Serialise the first touch of a local store (MLflow creates and migrates a fresh SQLite file
+    then; two processes doing it at once fail with a migration traceback). Blocking: it takes seconds."""
+    key = hashlib.sha1(canonical_store(store_uri).encode()).hexdigest()[:16]
+    path = lock_dir() / f"store-{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
