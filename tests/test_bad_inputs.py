@@ -172,6 +172,10 @@ CASES: List[Case] = [
          r"bad config .*not_yaml.yaml.*not valid YAML"),
     Case("part1-config-bad-optimizer", "part1", ["first-classifier", "--config", "{part1_rmsprop}"],
          r"bad config .*part1_rmsprop.yaml.*unknown optimizer 'rmsprop'; valid: \["),
+    Case("part1-config-batch-size-0", "part1", ["first-classifier", "--config", "{part1_bs0}"],
+         r"bad config .*part1_bs0.yaml.*batch_size must be a positive integer, got 0"),
+    Case("part1-config-unknown-key", "part1", ["first-classifier", "--config", "{part1_typo}"],
+         r"bad config .*part1_typo.yaml.*unknown key\(s\) \['epoch'\] at section 'mlp_grid'; valid: \["),
     Case("part1-epochs-negative", "part1", ["mlp-grid", "--epochs", "-3"],
          r"--epochs.*must be a positive integer .*got -3"),
     Case("part1-device-tpu", "part1", ["main", "--device", "tpu"], r"'tpu' is not a device"),
@@ -233,6 +237,8 @@ CASES: List[Case] = [
          r"data_batch_2: b'data' must be a uint8 array of shape \(N, 3072\), got uint8 array of shape \(20, 100\)",
          ValueError),
     Case("data-missing-test-batch", "data", "{no_test}", r"CIFAR-10 not found: .* lacks test_batch", FileNotFoundError),
+    Case("data-test-batch-one-image", "data", "{one_test}",
+         r"test_batch: its 1 image\(s\) cover 1 of the 10 classes; a test set needs every class", ValueError),
     Case("data-labels-out-of-range", "data", "{bad_labels}", r"test_batch: labels must lie in 0..9, found 0..12",
          ValueError),
 ]
@@ -245,12 +251,13 @@ class Opaque:
 # ------------------------------------------------------------------------------------------ fixtures
 def _make_inputs(root: Path) -> dict:
     paths = {"empty": root / "empty", "fake": root / "fake", "corrupt": root / "corrupt",
-             "wrong_shape": root / "wrong_shape", "no_test": root / "no_test", "bad_labels": root / "bad_labels",
+             "wrong_shape": root / "wrong_shape", "no_test": root / "no_test", "bad_labels": root / "bad_labels", "one_test": root / "one_test",
              "ckpt_dir": root / "bad_ckpts", "not_yaml": root / "not_yaml.yaml",
-             "part1_rmsprop": root / "part1_rmsprop.yaml", "a_file": root / "a_file", "garbage_db": root / "garbage.db"}
+             "part1_rmsprop": root / "part1_rmsprop.yaml", "a_file": root / "a_file", "garbage_db": root / "garbage.db",
+             "part1_bs0": root / "part1_bs0.yaml", "part1_typo": root / "part1_typo.yaml"}
     paths["empty"].mkdir(parents=True)
     write_fake_cifar10(paths["fake"])
-    for name in ("corrupt", "wrong_shape", "no_test", "bad_labels"):
+    for name in ("corrupt", "wrong_shape", "no_test", "bad_labels", "one_test"):
         write_fake_cifar10(paths[name], n_train_per_batch=20, n_test=20)
     batches = lambda name: paths[name] / BATCHES_FOLDER  # noqa: E731
     blob = (batches("corrupt") / TRAIN_FILES[2]).read_bytes()
@@ -261,6 +268,11 @@ def _make_inputs(root: Path) -> dict:
     with open(batches("wrong_shape") / TRAIN_FILES[1], "wb") as f:
         pickle.dump(batch, f, protocol=2)
     (batches("no_test") / TEST_FILE).unlink()
+    with open(batches("one_test") / TEST_FILE, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    batch[b"data"], batch[b"labels"] = batch[b"data"][:1].copy(), batch[b"labels"][:1]
+    with open(batches("one_test") / TEST_FILE, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
     with open(batches("bad_labels") / TEST_FILE, "rb") as f:
         batch = pickle.load(f, encoding="bytes")
     batch[b"labels"][0] = 12
@@ -287,6 +299,10 @@ def _make_inputs(root: Path) -> dict:
     cfg["first_classifier"]["optimizer"]["name"] = "rmsprop"
     import yaml
     paths["part1_rmsprop"].write_text(yaml.safe_dump(cfg))
+    cfg = load_config("part1")
+    paths["part1_bs0"].write_text(yaml.safe_dump({**cfg, "batch_size": 0}))
+    cfg["mlp_grid"]["epoch"] = 3  # a typo of epochs
+    paths["part1_typo"].write_text(yaml.safe_dump(cfg))
     return {k: str(v) for k, v in paths.items()}
 
 

@@ -119,6 +119,7 @@ def test_a_second_identical_grid_is_refused_while_the_first_runs(mlflow_store, t
     args = GRID_CLI + ["--data-dir", str(root)]
     monkeypatch.setenv("ARCHLAB_LOCK_DIR", str(tmp_path / "locks"))
     env = {**subprocess_env(mlflow_store), "ARCHLAB_LOCK_DIR": str(tmp_path / "locks")}
+    MlflowClient().search_experiments()  # the store exists before two processes poll it
     first = subprocess.Popen([sys.executable, "-m", "entrypoints.cifar", *args], cwd=tmp_path, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:

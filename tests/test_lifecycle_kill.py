@@ -43,7 +43,7 @@ EPOCHS = 5
 
 def grid_setup(tmp_path: Path, n_train: int = 800) -> tuple:
     """A two-configuration grid file (the first one slower) and its overrides on fake data."""
-    root = write_fake_cifar10(tmp_path / "data", n_train_per_batch=200, n_test=50)
+    root = write_fake_cifar10(tmp_path / "data", n_train_per_batch=max(200, n_train // 5 + 20), n_test=50)
     config = tmp_path / "life_grid.yaml"
     config.write_text(yaml.safe_dump(dict(base="cifar_plain", run_name="exp1_1", model_type="cnn",
                                           grid=[dict(K=[32], L=[1]), dict(K=[8], L=[1])], early_stopping=None,
@@ -59,6 +59,7 @@ def grid_env(store: str, tmp_path: Path) -> dict:
 
 
 def start_grid(store: str, tmp_path: Path, config: str, overrides: dict, log_name: str = "grid.log"):
+    MlflowClient(store).search_experiments()  # created (and migrated) before the test polls it
     script = GRID_SCRIPT.format(root=str(PROJECT_ROOT), config=config, overrides=overrides)
     log = open(tmp_path / log_name, "w")
     return subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=grid_env(store, tmp_path),

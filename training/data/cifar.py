@@ -225,6 +225,11 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = Fal
     folder = require_cifar10(data_dir, download)
     train_x, train_y = _read_batches(folder, TRAIN_FILES)
     test_x, test_y = _read_batches(folder, (TEST_FILE,))
+    present = len(torch.unique(test_y))
+    if present < NUM_CLASSES:  # a test accuracy over some classes only would be reported as CIFAR-10's
+        raise CifarFormatError(f"{folder / TEST_FILE}: its {len(test_y)} image(s) cover {present} of the "
+                               f"{NUM_CLASSES} classes; a test set needs every class (the official one has 1000 "
+                               f"of each): restore the real test_batch (delete the folder and use --download)")
     return CifarArrays(train_x, train_y, test_x, test_y, _read_classes(folder))
 
 

@@ -38,8 +38,30 @@ def grid_run_name(depth: int, width: int) -> str:
     return f"mlp_d{depth}_w{width}"
 
 
+KNOWN_KEYS = {
+    "": {"seed", "batch_size", "first_classifier", "mlp_grid"},
+    "first_classifier": {"n_layers", "hidden_dims", "activation", "out_activation", "threshold", "loss_fn",
+                         "optimizer", "epochs", "lr_schedule", "input_noise_std"},
+    "mlp_grid": {"depths", "widths", "epochs", "activation", "out_activation", "loss_fn", "optimizer", "lr_schedule",
+                 "input_noise_std"},
+}
+
+
+def check_part1_keys(cfg: Mapping[str, Any]) -> None:
+    """A misspelt key would be silently ignored (its default used instead): refuse it."""
+    for section, known in KNOWN_KEYS.items():
+        keys = set(cfg if not section else cfg.get(section) or {})
+        unknown = sorted(keys - known)
+        if unknown:
+            where = f"section {section!r}" if section else "the top level"
+            raise ValueError(f"unknown key(s) {unknown} at {where}; valid: {sorted(known)}")
+    if not isinstance(cfg.get("batch_size"), int) or isinstance(cfg["batch_size"], bool) or cfg["batch_size"] < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {cfg.get('batch_size')!r}")
+
+
 def check_part1_config(cfg: Mapping[str, Any]) -> None:
     """Every recipe value checked up front, so a typo fails before minutes of training."""
+    check_part1_keys(cfg)
     fc, grid = cfg["first_classifier"], cfg["mlp_grid"]
     build_binary_mlp(fc["n_layers"], fc["hidden_dims"], fc["activation"], fc["out_activation"], fc.get("threshold", 0.5))
     for name, section in (("first_classifier", fc), ("mlp_grid", grid)):
