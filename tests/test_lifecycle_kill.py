@@ -160,6 +160,7 @@ def test_a_configuration_killed_before_its_first_checkpoint_is_continued_not_dup
     """Case 8: SIGKILL after the child run opened, before its first epoch saved a training state:
     the rerun trains it in that same run (from scratch), never beside a RUNNING duplicate."""
     config, overrides = grid_setup(tmp_path, n_train=1600)  # a long first epoch: time to kill inside it
+    overrides["epochs"] = 2
     proc = start_grid(mlflow_store, tmp_path, config, overrides)
     try:
         deadline = time.monotonic() + 300
@@ -178,7 +179,7 @@ def test_a_configuration_killed_before_its_first_checkpoint_is_continued_not_dup
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
     runs = runs_named(FIRST)
     assert list(runs.run_id) == [killed.run_id.iloc[0]] and list(runs.status) == ["FINISHED"]
-    assert steps(runs.run_id.iloc[0]) == list(range(1, EPOCHS + 1))
+    assert steps(runs.run_id.iloc[0]) == [1, 2]
 
 
 def descendants(pid: int) -> set:

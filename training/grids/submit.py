@@ -216,7 +216,9 @@ def submit_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, backen
 
     summary: Dict[str, Any] = {"grid": name, "backend": backend, "runs": [], "finished": [], "skipped": [],
                                "failed": []}
-    with grid_parent_run(name, cfg, runs) as parent:
+    from training.grids.lock import grid_lock
+
+    with grid_lock(mlflow.get_tracking_uri(), name), grid_parent_run(name, cfg, runs) as parent:  # one per store
         summary["parent_run_id"] = parent.info.run_id
         mlflow.set_tag("archlab.backend", backend)
         submitted = []
