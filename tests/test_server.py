@@ -185,6 +185,11 @@ def test_server_cli_with_auth_refuses_anonymous_writes_and_accepts_the_admin(tmp
         tracking.configure_tracking(uri)  # /health stays open, so clients still fail fast / pass fast
         create = "/api/2.0/mlflow/experiments/create"
         assert _rest(uri, create, {"name": "anon"}) == 401
+        # a grid command without credentials: one line saying what to set, not a traceback (issue #19, case 13)
+        refused = CliRunner().invoke(cli, ["grid", "test_run", "--tracking-uri", uri])
+        assert refused.exit_code == 1 and refused.exception is None or isinstance(refused.exception, SystemExit)
+        assert f"Error: the tracking server {uri} refused the request (HTTP 401): it needs credentials; export " \
+               f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in refused.output, refused.output
         assert _rest(uri, create, {"name": "wrong"}, auth=("admin", "not-the-password")) == 401
         assert _rest(uri, create, {"name": "team"}, auth=("admin", password)) == 200
         # the Python client with the admin's credentials in the environment
