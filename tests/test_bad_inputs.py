@@ -116,13 +116,15 @@ CASES: List[Case] = [
     Case("grid-tracking-garbage-sqlite", "cifar",
          ["grid", "test_run", *SMALL, "--data-dir", "{fake}", "--tracking-uri", "sqlite:///{garbage_db}"],
          r"Error: tracking URI '.*garbage.db' is not a usable MLflow store \(.*file is not a database.*\); point it"),
-    Case("grid-tracking-folder", "cifar", ["grid", "test_run", *SMALL, "--data-dir", "{fake}", "--tracking-uri", "{empty}"],
+    Case("grid-tracking-folder", "cifar",
+         ["grid", "test_run", *SMALL, "--data-dir", "{fake}", "--tracking-uri", "{empty}"],
          r"Error: tracking URI '.*empty' is a folder, MLflow's file store, which MLflow 3.13\+ refuses; use "
          r"sqlite:///path.db"),
     Case("grid-tracking-not-mlflow", "cifar",
          ["grid", "test_run", *SMALL, "--data-dir", "{fake}", "--tracking-uri", "{not_mlflow}"],
          r"Error: http://127.0.0.1:\d+ answers /health but is not an MLflow tracking server"),
-    Case("grid-experiment-deleted", "cifar", ["grid", "test_run", *SMALL, "--data-dir", "{fake}", "--experiment", "gone"],
+    Case("grid-experiment-deleted", "cifar",
+         ["grid", "test_run", *SMALL, "--data-dir", "{fake}", "--experiment", "gone"],
          r"experiment 'gone' is deleted \(id \d+\); restore it with `mlflow experiments restore --experiment-id \d+`"),
     Case("grid-device-meta", "cifar", ["grid", "test_run", "--device", "meta"],
          r"--device.*'meta' cannot train a model \(no real memory\); use auto, cpu, cuda or cuda:N"),
@@ -251,7 +253,8 @@ class Opaque:
 # ------------------------------------------------------------------------------------------ fixtures
 def _make_inputs(root: Path) -> dict:
     paths = {"empty": root / "empty", "fake": root / "fake", "corrupt": root / "corrupt",
-             "wrong_shape": root / "wrong_shape", "no_test": root / "no_test", "bad_labels": root / "bad_labels", "one_test": root / "one_test",
+             "wrong_shape": root / "wrong_shape", "no_test": root / "no_test", "bad_labels": root / "bad_labels",
+             "one_test": root / "one_test",
              "ckpt_dir": root / "bad_ckpts", "not_yaml": root / "not_yaml.yaml",
              "part1_rmsprop": root / "part1_rmsprop.yaml", "a_file": root / "a_file", "garbage_db": root / "garbage.db",
              "part1_bs0": root / "part1_bs0.yaml", "part1_typo": root / "part1_typo.yaml"}

@@ -220,7 +220,7 @@ def wait_all_gone(pids: set, what: str, timeout_s: float = 180) -> None:
     assert not survivors, f"{what} left these processes running: {survivors}"
 
 
-PARALLEL_SCRIPT = GRID_SCRIPT.replace("run_grid({config!r}, {overrides!r})", "run_grid({config!r}, {overrides!r}, workers=2)")
+PARALLEL_SCRIPT = GRID_SCRIPT.replace("{overrides!r})", "{overrides!r}, workers=2)")
 
 
 def test_kill_9_of_a_parallel_grids_driver_takes_its_workers_and_server_along(mlflow_store, tmp_path):
