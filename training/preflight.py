@@ -40,19 +40,32 @@ def check_outputs(run_name: str, out_dir: str, checkpoints: Optional[str], check
         check_writable_dir(checkpoint_dir, "checkpoint_dir", "--checkpoint-dir")
 
 
+def _hint(state_file: str) -> str:
+    return f"delete {state_file!r} to train this configuration afresh, or rerun with --restart true (restart=True)"
+
+
+def read_training_state(state_file: str) -> dict:
+    """A saved training state a rerun would resume from, or a one-line error saying how to get past it."""
+    from training.trainer import load_checkpoint
+
+    try:
+        state = load_checkpoint(state_file)
+    except ValueError as e:
+        raise ValueError(f"training state {state_file!r} is corrupt ({str(e).splitlines()[0][:200]}); "
+                         f"{_hint(state_file)}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"training state {state_file!r} is corrupt (not a dict); {_hint(state_file)}")
+    return state
+
+
 def check_training_state(state_file: str, model) -> None:
     """A saved training state a rerun would resume from: readable, and made for this model."""
     import copy
 
-    from training.trainer import load_checkpoint
-
-    hint = (f"delete {state_file!r} to train this configuration afresh, or rerun with --restart true "
-            f"(restart=True)")
-    try:
-        state = load_checkpoint(state_file)
-        weights = state["trainer"]["model"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"training state {state_file!r} is corrupt ({str(e).splitlines()[0][:200]}); {hint}") from None
+    hint = _hint(state_file)
+    weights = (read_training_state(state_file).get("trainer") or {}).get("model")
+    if weights is None:  # not a full training state: the resume's own checks name what is missing
+        return
     try:
         copy.deepcopy(model).load_state_dict(weights)
     except (RuntimeError, KeyError) as e:
