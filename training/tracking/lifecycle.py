@@ -5,9 +5,11 @@ Why: MLflow leaves a run RUNNING forever unless the process that opened it ends 
 the store's state always true:
 - every run archlab opens carries its owner (`archlab.owner.*`: host, pid, and the process start
   token, so a reused pid is not mistaken for the owner) and a heartbeat refreshed every epoch;
-- SIGTERM and SIGHUP (what Kubernetes, systemd, `timeout` and a closed terminal send) raise
-  `Interrupted`, a KeyboardInterrupt, in the main thread: the `with` blocks unwind and each run
-  ends KILLED with the signal as `archlab.end_reason`, as Ctrl-C already did;
+- SIGTERM, SIGHUP and SIGINT (what Kubernetes, systemd, `timeout`, a closed terminal and Ctrl-C
+  send) raise `Interrupted`, a KeyboardInterrupt, in the main thread: the `with` blocks unwind and
+  each run ends KILLED with the signal as `archlab.end_reason`. A signal that lands inside an
+  MLflow call waits for the call to finish (a half-written SQLite transaction would keep the
+  database locked, and the runs could not be closed);
 - a RUNNING run is *stale* when its owner is gone: on this host, no process with that pid and
   start token; elsewhere, no heartbeat for ARCHLAB_STALE_AFTER_S (default 6 h). A stale run is
   continued (its configuration resumes in it) or closed KILLED, never duplicated.
@@ -29,7 +31,9 @@ HEARTBEAT_TAG = "archlab.heartbeat"
 END_REASON_TAG = "archlab.end_reason"
 ERROR_TAG = "archlab.error"
 STALE_AFTER_S = 6 * 3600
-HANDLED_SIGNALS = ("SIGTERM", "SIGHUP")
+HANDLED_SIGNALS = ("SIGTERM", "SIGHUP", "SIGINT")
+STORE_MODULES = ("mlflow", "sqlalchemy", "sqlite3", "alembic")
+DEFER_S = 0.05
 
 _OPEN_RUNS: Dict[str, None] = {}  # run ids this process has open (ordered: children after parents)
 _LOCK = threading.Lock()
@@ -109,26 +113,41 @@ def close_stale(run_id: str, tags: Mapping[str, str], why: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ signals
+def _in_store_call(frame) -> bool:
+    """Whether the interrupted code is inside MLflow or its database layer."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").split(".")[0] in STORE_MODULES:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _raise_interrupted(signum, frame) -> None:
+    if _in_store_call(frame):  # never cut a store write short: a half-done SQLite transaction keeps the
+        # database locked, and the cleanup that ends the runs KILLED would fail; come back in a moment
+        threading.Timer(DEFER_S, os.kill, (os.getpid(), signum)).start()
+        return
     for name in HANDLED_SIGNALS:  # one unwinding at a time: a second signal must not cut the cleanup short
         signal.signal(getattr(signal, name), signal.SIG_IGN)
     raise Interrupted(signum)
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM and SIGHUP raise Interrupted in the main thread (handlers set by others are kept)."""
+    """SIGTERM, SIGHUP and SIGINT raise Interrupted in the main thread, outside store calls
+    (handlers set by others are kept)."""
     if threading.current_thread() is not threading.main_thread():
         return
     for name in HANDLED_SIGNALS:
         sig = getattr(signal, name)
-        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+        if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler, None):
             signal.signal(sig, _raise_interrupted)
 
 
 def end_reason(error: BaseException) -> str:
     """The `archlab.end_reason` of a run left by `error`."""
     if isinstance(error, Interrupted):
-        return f"stopped by {error}: rerun the same command to resume it"
+        how = " (Ctrl-C)" if error.signum == signal.SIGINT else ""
+        return f"stopped by {error}{how}: rerun the same command to resume it"
     if isinstance(error, KeyboardInterrupt):
         return "stopped by SIGINT (Ctrl-C): rerun the same command to resume it"
     return f"failed: {type(error).__name__}: {error}"[:5000]
