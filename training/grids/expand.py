@@ -156,8 +156,10 @@ def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, workers: 
     planned = plan_grid(name, overrides, only, seeds)
     with grid_lock(mlflow.get_tracking_uri(), name):  # one process per store and grid, in every mode
         if nothing_to_train(name, planned):
-            return {"written": [], "skipped": [run_name(recipe, options) for recipe, options in planned],
-                    "diverged": []}
+            outcome = {"written": [], "skipped": [run_name(recipe, options) for recipe, options in planned],
+                       "diverged": []}
+            print_summary(name, outcome)  # the same closing line as a grid that trained
+            return outcome
         if workers > 1 or devices:
             from training.grids.parallel import run_grid_parallel
 
