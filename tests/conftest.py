@@ -35,3 +35,11 @@ def subprocess_env(tracking_uri: str) -> dict:
     path = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     env.update(MLFLOW_TRACKING_URI=tracking_uri, PYTHONPATH=str(PROJECT_ROOT), PATH=path)
     return env
+
+
+def process_cmdline(pid: int) -> str:
+    """A process's command line from /proc ('' once it is gone): how kill tests tell workers and servers apart."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -25,7 +25,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from cifar_fixtures import write_fake_cifar10
-from conftest import PROJECT_ROOT, subprocess_env
+from conftest import PROJECT_ROOT, process_cmdline, subprocess_env
 from training.tracking import lifecycle
 from training.tracking import runs as tracking
 
@@ -203,18 +203,13 @@ def alive(pid: int) -> bool:
         return False
 
 
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def wait_all_gone(pids: set, what: str, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.2)
-    survivors = {p: cmdline(p) for p in pids if alive(p)}
+    survivors = {p: process_cmdline(p) for p in pids if alive(p)}
     for p in survivors:
         os.kill(p, signal.SIGKILL)
     assert not survivors, f"{what} left these processes running: {survivors}"
@@ -236,8 +231,8 @@ def test_kill_9_of_a_parallel_grids_driver_takes_its_workers_and_server_along(ml
     try:
         wait_for_epochs(proc, FIRST)
         family = descendants(proc.pid)
-        assert sum("spawn_main" in cmdline(p) for p in family) == 2, {p: cmdline(p) for p in family}
-        assert any(" server " in cmdline(p) and "mlflow" in cmdline(p) for p in family)
+        assert sum("spawn_main" in process_cmdline(p) for p in family) == 2, {p: process_cmdline(p) for p in family}
+        assert any(" server " in process_cmdline(p) and "mlflow" in process_cmdline(p) for p in family)
         assert list((tmp_path / "tmp").glob("archlab-grid-server-*"))
         os.kill(proc.pid, signal.SIGKILL)  # the driver alone, as the OOM killer would
         proc.wait()
@@ -277,7 +272,7 @@ def test_killing_the_server_entrypoints_group_stops_its_mlflow_server(tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as resp:
             assert resp.status == 200
         family = descendants(proc.pid)
-        assert any("mlflow" in cmdline(p) and " server " in cmdline(p) for p in family)
+        assert any("mlflow" in process_cmdline(p) and " server " in process_cmdline(p) for p in family)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         wait_all_gone(family, "a SIGKILLed entrypoints.server")

@@ -18,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from cifar_fixtures import write_fake_cifar10
-from conftest import PROJECT_ROOT, subprocess_env
+from conftest import PROJECT_ROOT, process_cmdline, subprocess_env
 from training.tracking import runs as tracking
 
 pytestmark = pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc")
@@ -44,17 +44,12 @@ def _children(pid: int) -> list:
     return kids
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _worker_pids(driver: int) -> list:
     """The pool's worker processes: the driver's children started by multiprocessing's spawn
     (not its resource tracker, not the private mlflow server)."""
-    return [p for p in _children(driver) if "spawn_main" in _cmdline(p)]
+    return [p for p in _children(driver) if "spawn_main" in process_cmdline(p)]
 
 
 def _lock_holder(lock_file: Path) -> int | None:
@@ -121,7 +116,7 @@ def test_sigkill_of_a_parallel_worker_then_rerun_resumes(mlflow_store, tmp_path)
                     continue
                 holder = _lock_holder(checkpoints / ".locks" / f"{label}.lock")
                 workers = _worker_pids(proc.pid)
-                assert len(workers) == 2, (workers, [_cmdline(p) for p in _children(proc.pid)])
+                assert len(workers) == 2, (workers, [process_cmdline(p) for p in _children(proc.pid)])
                 assert holder in workers, (holder, workers)  # the lock is held by the worker training it
                 n_done = len(_steps(client, runs.run_id.iloc[0]))
                 assert n_done < EPOCHS - 1, "training ran too fast to kill a worker mid-configuration"
