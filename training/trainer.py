@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from training.console import epoch_line, on_tty
+from training.engine.console import epoch_line, on_tty
 from training.results import BatchResult, EpochResult, FitResult
 
 EpochCallback = Callable[[Dict[str, Any]], None]
@@ -64,7 +64,7 @@ class Trainer(ABC):
             if early_stopping is not None and epochs_without_improvement >= early_stopping:
                 break
             verbose = bool(print_every) and ((epoch + 1) % print_every == 0 or epoch == num_epochs - 1)
-            bars = verbose and on_tty()  # elsewhere: one line per epoch (training.console)
+            bars = verbose and on_tty()  # elsewhere: one line per epoch (training.engine.console)
             if bars:
                 print(f"--- EPOCH {epoch + 1}/{num_epochs} ---")
             lr = self.current_lr()

@@ -17,7 +17,7 @@ from training.cnn.options import RunOptions
 from training.cnn.recipe import CifarRecipe
 from training.cnn.session import SessionHook, TrainingSession
 from training.engine.execution import ExecutionPolicy
-from training.preflight import check_outputs
+from training.cnn.preflight import check_outputs
 
 
 def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int] = None, device: Optional[str] = None,

@@ -60,7 +60,7 @@ def check_resume_data(recipe: CifarRecipe, options: RunOptions) -> None:
     """Before any run opens: a training state left by a run on other data (or saved before data
     digests were recorded) is never continued; a one-line error names both digests."""
     from training.data.cifar import check_same_data
-    from training.preflight import read_training_state
+    from training.cnn.preflight import read_training_state
 
     state_file = f"{checkpoint_path(recipe, options)}.state"
     if options.restart or not os.path.isfile(state_file):
@@ -113,7 +113,7 @@ def find_prior(recipe: CifarRecipe, options: RunOptions) -> Tuple[bool, Optional
 
 def check_state_fits(recipe: CifarRecipe, options: RunOptions, model: Any) -> None:
     """The training state a resume would load was made for `model` (else a one-line error with the way out)."""
-    from training.preflight import check_training_state
+    from training.cnn.preflight import check_training_state
 
     state_file = f"{checkpoint_path(recipe, options)}.state"
     if not options.restart and os.path.isfile(state_file):

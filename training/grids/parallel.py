@@ -126,7 +126,7 @@ def _init_worker(tracking_uri: str, device_slots, n_threads: int) -> None:
         os.environ.pop(var, None)
     mlflow.set_tracking_uri(tracking_uri)
     torch.set_num_threads(n_threads)
-    from training.procs import die_with_parent
+    from training.grids.procs import die_with_parent
     from training.tracking.lifecycle import install_signal_handlers
 
     die_with_parent()  # a kill -9 of the driver: SIGTERM here, the run ends KILLED, the worker exits
@@ -234,7 +234,7 @@ def run_grid_parallel(name: str, cfg: Mapping[str, Any], runs: List[Planned], wo
                 label, status = f.result()
                 outcome[status].append(label)
         except BaseException:  # an error or a signal in the driver: no worker may outlive it
-            from training.procs import stop_processes
+            from training.grids.procs import stop_processes
 
             stop_processes(list((executor._processes or {}).values()))
             raise
