@@ -95,7 +95,9 @@ def test_cifar_grid_entry_points_run_with_their_defaults(mlflow_store, fake_cifa
     children = runs[runs["tags.archlab.role"] == "child"]
     assert len(parent) == 1 and len(children) >= 1
     assert set(children["tags.mlflow.parentRunId"]) == {parent.run_id.iloc[0]}
-    assert not [p for p in (tmp_path / "ckpt").rglob("*") if p.is_file()]  # finished: no state, no weight copies
+    # finished: no state, no weight copies; only the per-configuration lock files (.locks/, a line each) stay
+    assert not [p for p in (tmp_path / "ckpt").rglob("*") if p.is_file() and ".locks" not in p.parts]
+    assert all(p.stat().st_size < 1024 for p in (tmp_path / "ckpt" / ".locks").glob("*.lock"))
     if entry == "exp1_1":
         check_exp1_1_runs(parent.run_id.iloc[0], children)
 
