@@ -67,14 +67,20 @@ class Job:
         return f"exp2_L{self.size}_s{self.seed}" if self.kind == "exp2" else f"reference_n{self.size}_s{self.seed}"
 
 
-def plan(smoke: bool = False) -> List[tuple]:
-    """[(phase, concurrent jobs or None for --workers, [jobs])] in priority order."""
+def plan(smoke: bool = False, only: tuple = ()) -> List[tuple]:
+    """[(phase, concurrent jobs or None for --workers, [jobs])] in priority order; only: just these
+    labels (how a CPU records the calibration and one exp2 run without a GPU)."""
     e_seeds, r_seeds = (EXP2_SEEDS[:2], REF_SEEDS[:2]) if smoke else (EXP2_SEEDS, REF_SEEDS)
     timing = [j for e, r in zip(e_seeds, r_seeds)
               for j in (Job("exp2", 3, e, "timing"), Job("reference", EXP2_N_TRAIN, r, "timing"))]
     depth = [] if smoke else [Job("exp2", L, s, "depth") for L in (12, 9, 6, DEEP) for s in e_seeds]
     published = [Job("reference", ALL_TRAIN, s, "reference_50000") for s in r_seeds]
-    return [("timing", 1, timing), ("depth", None, depth), ("reference_50000", 1, published)]
+    phases = [("timing", 1, timing), ("depth", None, depth), ("reference_50000", 1, published)]
+    labels = [j.label for _, _, jobs in phases for j in jobs]
+    unknown = [label for label in only if label not in labels]
+    if unknown:
+        raise ValueError(f"--only: unknown job(s) {unknown}; valid: {', '.join(labels)}")
+    return [(phase, width, [j for j in jobs if not only or j.label in only]) for phase, width, jobs in phases]
 
 
 def simulate(workers: int = 4, smoke: bool = False) -> Dict[str, Any]:
@@ -199,8 +205,9 @@ def _write(path: str | None, report: Dict[str, Any]) -> None:
 class Bar:
     """One run's state: finished rows, errors, jobs running or skipped, and the JSON they make."""
 
-    def __init__(self, meta: Dict[str, Any], out: str | None, budget_s: float, smoke: bool, t0: float):
-        self.meta, self.out, self.budget_s, self.smoke, self.t0 = meta, out, budget_s, smoke, t0
+    def __init__(self, meta: Dict[str, Any], out: str | None, budget_s: float, smoke: bool, t0: float,
+                 only: tuple = ()):
+        self.meta, self.out, self.budget_s, self.smoke, self.t0, self.only = meta, out, budget_s, smoke, t0, only
         self.rows, self.errors, self.skipped, self.running = [], {}, {}, {}
 
     def elapsed(self) -> float:
@@ -215,7 +222,7 @@ class Bar:
 
     def report(self) -> Dict[str, Any]:
         m = self.meta
-        planned = [j.label for _, _, jobs in plan(self.smoke) for j in jobs]
+        planned = [j.label for _, _, jobs in plan(self.smoke, self.only) for j in jobs]
         done = {r["label"] for r in self.rows} | set(self.errors) | set(self.skipped) | set(self.running)
         extra = {k: v for k, v in m.items() if k not in ("data", "device", "torch")}
         return exp2_record.assemble(
@@ -269,9 +276,9 @@ def run_phase(bar: Bar, pool, jobs: List[Job], width: int, job_args: tuple) -> N
 
 def run(data_dir: str, workers: int = 4, budget_s: float = float("inf"), out: str | None = None,
         smoke: bool = False, device: str = "auto", precision: str = "auto", notes=(), inline: bool = False,
-        keep: str | None = None, started: float | None = None) -> Dict[str, Any]:
-    """The whole plan; returns the record (also written to `out` after every job). inline: every job
-    in this process, one at a time (the tests: no worker start-up; timings then share a warm process).
+        keep: str | None = None, started: float | None = None, only: tuple = ()) -> Dict[str, Any]:
+    """The whole plan (or just the `only` labels); returns the record (also written to `out` after
+    every job). inline: every job in this process, one at a time (the tests: no worker start-up; timings then share a warm process).
     keep: a folder for each job's own result file. started: when the budget began (default: now)."""
     started = time.time() if started is None else started
     import torch
@@ -287,16 +294,16 @@ def run(data_dir: str, workers: int = 4, budget_s: float = float("inf"), out: st
                 budget_s=None if budget_s == float("inf") else budget_s,
                 reference_precision=precision, recipe=load_grid_config("exp2"), notes=list(notes),
                 plan={phase: dict(concurrent=width or workers, jobs=[j.label for j in jobs])
-                      for phase, width, jobs in plan(smoke)})
+                      for phase, width, jobs in plan(smoke, only) if jobs})
     if keep:
         os.makedirs(keep, exist_ok=True)
-    bar = Bar(meta, out, budget_s, smoke, started)
+    bar = Bar(meta, out, budget_s, smoke, started, only)
     bar.save()  # a run killed before its first job still says what it planned
     threads = max(1, (os.cpu_count() or 1) // workers)
     with tempfile.TemporaryDirectory(prefix="archlab-exp2-bar-") as scratch, \
             (InlinePool() if inline else ProcessPoolExecutor(workers, mp.get_context("spawn"), initializer=_init,
                                                              initargs=(threads,), max_tasks_per_child=1)) as pool:
-        for _, width, jobs in plan(smoke):
+        for _, width, jobs in plan(smoke, only):
             run_phase(bar, pool, jobs, width or workers, (data_dir, device, smoke, scratch, keep))
     bar.save()
     return bar.report()
@@ -339,10 +346,16 @@ def main(argv=None) -> int:
     ap.add_argument("--device-name", help="with --from-results: the device the files were measured on")
     ap.add_argument("--plan", action="store_true", help="print the expected timeline (ESTIMATE_S) and exit")
     ap.add_argument("--keep-results", metavar="DIR", help="also write each job's own result file to DIR")
+    ap.add_argument("--only", nargs="+", default=[], metavar="LABEL",
+                    help="run just these jobs (e.g. reference_n45000_s0 exp2_L3_s42: the CPU record)")
     ap.add_argument("--note", action="append", default=[], help="a line for the record's notes (repeatable)")
     args = ap.parse_args(argv)
     if args.workers < 1:
         ap.error(f"--workers must be >= 1, got {args.workers}")
+    try:
+        plan(args.smoke, tuple(args.only))
+    except ValueError as e:
+        ap.error(str(e))
     if args.plan:
         sim = simulate(args.workers, args.smoke)
         for label, phase, start, end in sim["jobs"]:
@@ -356,7 +369,8 @@ def main(argv=None) -> int:
     else:
         out = out_path(args.out, device_name(args.device))
         report = run(args.data_dir, args.workers, args.budget, out, args.smoke, args.device,
-                     args.reference_precision, args.note, keep=args.keep_results, started=STARTED)
+                     args.reference_precision, args.note, keep=args.keep_results, started=STARTED,
+                     only=tuple(args.only))
     print(f"wrote {out}")
     print("\n".join(exp2_record.summary_lines(report)), flush=True)
     return 0 if not report.get("errors") else 1
