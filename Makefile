@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q
 
-.PHONY: setup main test bench report clean-runs
+.PHONY: setup main smoke test bench report clean-runs
 
 setup: $(VENV)/.installed
 
@@ -18,6 +18,13 @@ $(VENV)/.installed: requirements.txt
 main: setup
 	$(PY) -m entrypoints.part1 main
 
+# The whole programme at smoke size (configs/smoke.yaml) in its own store, smoke.db: every run,
+# every answer, on a CPU in minutes. CIFAR_DIR: the folder holding cifar-10-batches-py (downloaded
+# there when missing and the machine is online).
+CIFAR_DIR ?= data
+smoke: setup
+	$(PY) -m entrypoints.reproduce --profile smoke --data-dir $(CIFAR_DIR) --download --tracking-uri sqlite:///smoke.db
+
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -25,4 +32,4 @@ report: setup
 	$(PY) -m analysis.report
 
 clean-runs:
-	rm -rf mlruns mlartifacts mlflow.db results checkpoints reports
+	rm -rf mlruns mlartifacts mlflow.db smoke.db results checkpoints reports

@@ -48,7 +48,7 @@ def _ycn(**model_kwargs) -> dict:
 @dataclass
 class Case:
     id: str
-    how: str                 # "cifar" / "part1": click CLI args; "cnn": cnn_experiment(**kw); "grid": run_grid;
+    how: str                 # "cifar" / "part1" / "reproduce": click CLI args; "cnn": cnn_experiment(**kw); "grid": run_grid;
     #                          "ckpt": load_checkpoint(path); "data": load_cifar10(path)
     args: Any
     error: str               # regex the error message must match (searched, DOTALL)
@@ -167,6 +167,13 @@ CASES: List[Case] = [
     Case("runexp-name-empty", "cifar", [*RUNEXP, "-K", "8", "-L", "1", "-P", "1", "-H", "8", "-n", ""],
          r"run name '' must be a plain file name"),
     # --- Part 1 CLI
+    # --- reproduce CLI (the whole programme)
+    Case("reproduce-cpu-full-size", "reproduce", ["--device", "cpu"],
+         r"no GPU here, and the CIFAR grids .* take days at full size on a CPU.*--profile smoke"),
+    Case("reproduce-smoke-with-sizes", "reproduce", ["--profile", "smoke", "--n-train", "45000", "--epochs", "30"],
+         r"--profile smoke sets the sizes itself \(configs/smoke.yaml\); drop --epochs 30, --n-train 45000"),
+    Case("reproduce-profile-unknown", "reproduce", ["--profile", "fast"],
+         r"Invalid value for '--profile': 'fast' is not one of 'full', 'smoke'"),
     Case("part1-seeds-duplicate", "part1", ["mlp-grid", "--seeds", "7,7"], r"--seeds.*seeds '7,7' repeats \[7\]"),
     Case("part1-config-missing", "part1", ["main", "--config", "nope"],
          r"config 'nope' not found at .*nope.yaml; available configs: \[.*'part1'"),
@@ -388,9 +395,11 @@ def _fill(value: Any, inputs: dict) -> Any:
 def _invoke(case: Case, inputs: dict) -> Tuple[str, Union[int, type]]:
     """Run one case; returns (the error text the user sees, the exit code or exception type)."""
     args = _fill(case.args, inputs)
-    if case.how in ("cifar", "part1"):
+    if case.how in ("cifar", "part1", "reproduce"):
         if case.how == "cifar":
             from entrypoints.cifar import cli
+        elif case.how == "reproduce":
+            from entrypoints.reproduce import cli
         else:
             from entrypoints.part1 import cli
         result = CliRunner().invoke(cli, args)
@@ -438,7 +447,7 @@ def test_bad_input(case: Case, store):
             pytest.fail(f"{case.id}: left an MLflow run active")
         mlflow.set_tracking_uri(store["uri"])
         os.environ.pop("ARCHLAB_EXPERIMENT", None)
-    if case.how in ("cifar", "part1"):
+    if case.how in ("cifar", "part1", "reproduce"):
         assert outcome != 0, f"{case.id}: exit code 0\n{message}"
     else:
         assert issubclass(outcome, case.exc), f"{case.id}: raised {outcome.__name__}, expected {case.exc.__name__}"

@@ -14,6 +14,16 @@ def test_refuses_cifar_grids_without_gpu_unless_allowed(mlflow_store):
         pytest.skip("this machine has a GPU")
     result = CliRunner().invoke(cli, [])
     assert result.exit_code == 2 and "no GPU here" in result.output and "--allow-cpu true" in result.output
+    assert "--profile smoke" in result.output  # the way a CPU user runs the whole pipeline
+    assert len(tracking.find_runs("")) == 0
+
+
+@pytest.mark.parametrize("option", [["--n-train", "45000"], ["--epochs", "30"], ["--allow-small", "true"],
+                                    ["--n-test", "10000"]])
+def test_smoke_profile_refuses_size_options(mlflow_store, option):
+    result = CliRunner().invoke(cli, ["--profile", "smoke", *option])
+    assert result.exit_code == 2, result.output
+    assert "--profile smoke sets the sizes itself" in result.output and " ".join(option) in result.output
     assert len(tracking.find_runs("")) == 0
 
 
@@ -43,23 +53,28 @@ def test_whole_programme_tiny(mlflow_store, fake_cifar10, tmp_path):
     assert "Missing experiments" in result.output
 
 
-def test_whole_programme_with_workers(mlflow_store, fake_cifar10, tmp_path):
-    """--workers 2: each grid's configurations train in two processes through the private server
-    over mlflow.db, still children of the grid's parent, itself a child of `reproduce`."""
+def test_whole_programme_with_workers_is_one_pool_over_all_grids(mlflow_store, fake_cifar10, tmp_path):
+    """--workers 2: the configurations of every grid train in one pool of two processes (through the
+    private server over mlflow.db), each a child of its own grid's parent, each parent a child of
+    `reproduce`: one parent per grid, every run FINISHED."""
     _, part1 = small_config(tmp_path)
     result = CliRunner().invoke(cli, [
-        "--grids", "exp1_3", "--allow-cpu", "true", "--part1-config", str(part1), "--epochs", "1",
+        "--grids", "test_run,exp1_3", "--allow-cpu", "true", "--part1-config", str(part1), "--epochs", "1",
         "--bs-train", "32", "--n-train", "96", "--n-valid", "32", "--allow-small", "true", "--workers", "2",
         "--data-dir", str(fake_cifar10), "--out", str(tmp_path / "reports"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "starting a private MLflow server" in result.output
+    assert "Grids test_run, exp1_3: 5 configurations in 2 worker processes" in result.output  # one pool
     runs = tracking.find_runs("")
-    by_name = {r["tags.mlflow.runName"]: r for _, r in runs.iterrows()}
-    grid_run = by_name["exp1_3"]
-    assert grid_run["tags.mlflow.parentRunId"] == by_name["reproduce"].run_id
-    children = runs[runs["tags.mlflow.parentRunId"] == grid_run.run_id]
-    assert sorted(children["tags.mlflow.runName"]) == [f"exp1_3_L{L}_K64-128-256" for L in (1, 2, 3, 4)]
-    assert set(children["status"]) == {"FINISHED"}
+    assert set(runs["status"]) == {"FINISHED"}
+    top = runs[runs["tags.mlflow.runName"] == "reproduce"].run_id.tolist()
+    assert len(top) == 1
+    expected = {"test_run": ["test_run_L1_K32-64"], "exp1_3": [f"exp1_3_L{L}_K64-128-256" for L in (1, 2, 3, 4)]}
+    for grid, names in expected.items():
+        parents = runs[(runs["tags.mlflow.runName"] == grid) & (runs["tags.archlab.role"] == "parent")]
+        assert len(parents) == 1 and parents["tags.mlflow.parentRunId"].iloc[0] == top[0]
+        children = runs[runs["tags.mlflow.parentRunId"] == parents.run_id.iloc[0]]
+        assert sorted(children["tags.mlflow.runName"]) == names
 
 
 def test_workers_must_be_positive(mlflow_store):

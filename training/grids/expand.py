@@ -105,12 +105,18 @@ def check_grid(runs: List[Dict[str, Any]]) -> List[Planned]:
     return planned
 
 
-def nothing_to_train(name: str, planned: Sequence[Planned]) -> bool:
+def nothing_to_train(name: str, cfg: Mapping[str, Any], planned: Sequence[Planned]) -> bool:
     """True (and says so) when every configuration already finished: a rerun then opens no new,
-    empty parent run. Under `mlflow run` the project's run exists anyway, so it still becomes the parent."""
+    empty parent run. Under `mlflow run` the project's run exists anyway, so it still becomes the parent;
+    and a parent left open by a driver that died after the last child finished is continued, so
+    that it ends FINISHED instead of staying RUNNING."""
     from training.cnn.store import already_done
+    from training.grids.parent import continuable_parent, parent_params
 
     if os.environ.get("MLFLOW_RUN_ID") or not all(already_done(r, o) for r, o in planned):
+        return False
+    if continuable_parent(name, parent_params(cfg)) is not None:
+        print(f"*** Grid {name}: all {len(planned)} configurations already finished; closing its earlier parent run")
         return False
     print(f"*** Grid {name}: all {len(planned)} configurations already finished; nothing to train, no parent "
           f"run opened (restart=true trains them again)")
@@ -155,7 +161,7 @@ def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, workers: 
     cfg = load_grid_config(name)
     planned = plan_grid(name, overrides, only, seeds)
     with grid_lock(mlflow.get_tracking_uri(), name):  # one process per store and grid, in every mode
-        if nothing_to_train(name, planned):
+        if nothing_to_train(name, cfg, planned):
             outcome = {"written": [], "skipped": [run_name(recipe, options) for recipe, options in planned],
                        "diverged": []}
             print_summary(name, outcome)  # the same closing line as a grid that trained

@@ -43,18 +43,18 @@ class WorkerDiedError(RuntimeError):
     """A worker process was killed (signal, out of memory): the grid stops; a rerun resumes."""
 
 
+def configuration_cost(run: Any) -> Tuple[int, int]:
+    """A sort key, smallest first = heaviest: exp2, then ResNets, then plain nets, deeper and wider
+    first (a rough cost: layers x widest K). run: cnn_experiment kwargs, or a (recipe, options) pair."""
+    rank = {"ycn": 0, "resnet": 1, "cnn": 2}
+    r = run[0].__dict__ if isinstance(run, tuple) else run
+    return rank.get(r["model_type"], 3), -len(r["filters_per_layer"]) * r["layers_per_block"] * max(r["filters_per_layer"])
+
+
 def heaviest_first(runs: List[Any]) -> List[Any]:
     """Longest-processing-time-first order, so that parallel workers finish together instead of one
-    training the longest configuration alone at the end: exp2, then ResNets, then plain nets,
-    deeper and wider first (a rough cost: layers x widest K); ties keep the programme's order.
-    runs: cnn_experiment kwargs dicts, or check_grid's (recipe, options) pairs."""
-    rank = {"ycn": 0, "resnet": 1, "cnn": 2}
-
-    def cost(run: Any) -> Tuple[int, int]:
-        r = run[0].__dict__ if isinstance(run, tuple) else run
-        return rank.get(r["model_type"], 3), -len(r["filters_per_layer"]) * r["layers_per_block"] * max(r["filters_per_layer"])
-
-    return sorted(runs, key=cost)
+    training the longest configuration alone at the end; ties keep the programme's order."""
+    return sorted(runs, key=configuration_cost)
 
 
 def plan_devices(workers: int, devices: Optional[Sequence[str]]) -> List[Optional[str]]:
@@ -155,7 +155,8 @@ def train_configuration(grid: str, parent_run_id: str, experiment_id: str, plann
                     result["status"] = "busy"
                     return
                 mlflow.set_experiment(experiment_id=experiment_id)
-                mlflow.start_run(run_id=parent_run_id)  # this thread's active run; never ended here
+                # this thread's active run, never ended here; no second system-metrics monitor on it
+                mlflow.start_run(run_id=parent_run_id, log_system_metrics=False)
                 result["status"] = train_child(grid, recipe, options)
         except BaseException as e:  # noqa: BLE001  (re-raised in the worker's main thread)
             result["error"] = e
@@ -186,53 +187,47 @@ def train_configuration(grid: str, parent_run_id: str, experiment_id: str, plann
 def run_grid_parallel(name: str, cfg: Mapping[str, Any], runs: List[Planned], workers: int = 2,
                       devices: Optional[Sequence[str]] = None) -> Dict[str, List[str]]:
     """Run the configurations `runs` of grid `name` (check_grid's recipe and options pairs) in
-    `workers` processes.
+    `workers` processes (run_grids_parallel with one grid)."""
+    return run_grids_parallel({name: (cfg, runs)}, workers, devices)[name]
 
-    On the first failure the configurations not yet started are cancelled, the running ones
-    finish, and the error is raised (the parent run ends FAILED; a rerun resumes the rest)."""
+
+def run_grids_parallel(grids: Mapping[str, Tuple[Mapping[str, Any], List[Planned]]], workers: int = 2,
+                       devices: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, List[str]]]:
+    """Train the configurations of several grids ({name: (cfg, planned)}) in one pool of `workers`
+    processes, heaviest first across all of them, each a child of its own grid's parent run.
+
+    Why one pool: grid after grid, the last configurations of each grid train while the other
+    workers idle. On the first failure the configurations not yet started are cancelled, the
+    running ones finish, and the error is raised (the parents end FAILED; a rerun resumes the rest)."""
     import multiprocessing
 
-    from training.grids.parent import grid_parent_run, print_summary
+    from training.grids.parent import held_parent_runs, print_summary
 
-    runs = heaviest_first(runs)  # the workers then finish close together
-    labels = [run_name(recipe, options) for recipe, options in runs]
-    duplicates = sorted({lb for lb in labels if labels.count(lb) > 1})
-    if duplicates:
-        raise ValueError(f"grid {name!r} lists configurations {duplicates} more than once")
-    workers = max(1, min(workers, len(runs)))
+    tasks = sorted(((name, planned) for name, (_, runs) in grids.items() for planned in runs),
+                   key=lambda task: configuration_cost(task[1]))  # the workers then finish close together
+    labels = [run_name(recipe, options) for _, (recipe, options) in tasks]
+    for name, (_, runs) in grids.items():
+        names = [run_name(recipe, options) for recipe, options in runs]
+        duplicates = sorted({lb for lb in names if names.count(lb) > 1})
+        if duplicates:
+            raise ValueError(f"grid {name!r} lists configurations {duplicates} more than once")
+    workers = max(1, min(workers, len(tasks)))
     slots = plan_devices(workers, devices)
-    outcome: Dict[str, List[str]] = {"written": [], "skipped": [], "diverged": [], "busy": []}
-    with shared_tracking_store(workers) as uri, grid_parent_run(name, cfg, runs) as parent:
+    outcomes = {name: {"written": [], "skipped": [], "diverged": [], "busy": []} for name in grids}
+    with shared_tracking_store(workers) as uri, held_parent_runs(grids) as parents:
         ctx = multiprocessing.get_context("spawn")
         device_slots = ctx.Queue()
         for slot in slots:
             device_slots.put(slot)
         on = f" on {', '.join(str(s) for s in slots)}" if any(slots) else ""
-        print(f"*** Grid {name}: {len(runs)} configurations in {workers} worker processes{on}")
+        print(f"*** Grid{'s' if len(grids) > 1 else ''} {', '.join(grids)}: {len(tasks)} configurations in "
+              f"{workers} worker processes{on}")
         executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                                        initargs=(uri, device_slots, threads_per_worker(workers)))
         try:
-            futures = [executor.submit(train_configuration, name, parent.info.run_id, parent.info.experiment_id, planned)
-                       for planned in runs]
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
-            if failed:
-                for f in pending:
-                    f.cancel()
-                wait(futures)  # let the configurations already training finish cleanly
-                error = failed[0].exception()
-                if isinstance(error, BrokenProcessPool):
-                    # A worker died without a word (SIGKILL, the OOM killer): the pool stops the others,
-                    # so every unfinished configuration stays RUNNING with its last epoch's training state.
-                    unfinished = [lb for lb, f in zip(labels, futures) if f.cancelled() or f.exception() is not None]
-                    raise WorkerDiedError(
-                        f"grid {name}: a worker process died (killed by a signal or out of memory?); the pool "
-                        f"stopped the other workers. Not finished: {unfinished}. Their runs resume from their "
-                        f"last completed epoch: rerun the same grid command to resume them.") from error
-                raise error
-            for f in futures:
-                label, status = f.result()
-                outcome[status].append(label)
+            futures = [executor.submit(train_configuration, name, parents[name].info.run_id,
+                                       parents[name].info.experiment_id, planned) for name, planned in tasks]
+            _collect(futures, [(name, label) for (name, _), label in zip(tasks, labels)], outcomes)
         except BaseException:  # an error or a signal in the driver: no worker may outlive it
             from training.grids.procs import stop_processes
 
@@ -240,7 +235,33 @@ def run_grid_parallel(name: str, cfg: Mapping[str, Any], runs: List[Planned], wo
             raise
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
-    print_summary(name, outcome)
-    if outcome["busy"]:
-        print(f"*** {len(outcome['busy'])} configurations were being trained by another process: {outcome['busy']}")
-    return outcome
+    for name, outcome in outcomes.items():
+        print_summary(name, outcome)
+        if outcome["busy"]:
+            print(f"*** {len(outcome['busy'])} configurations were being trained by another process: {outcome['busy']}")
+    return outcomes
+
+
+def _collect(futures: List[Any], tasks: List[Tuple[str, str]], outcomes: Dict[str, Dict[str, List[str]]]) -> None:
+    """Wait for every configuration; file each label under its grid's outcome. On the first
+    failure cancel what has not started, let the running ones finish, and raise."""
+    done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+    failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+    if failed:
+        for f in pending:
+            f.cancel()
+        wait(futures)  # let the configurations already training finish cleanly
+        error = failed[0].exception()
+        if isinstance(error, BrokenProcessPool):
+            # A worker died without a word (SIGKILL, the OOM killer): the pool stops the others,
+            # so every unfinished configuration stays RUNNING with its last epoch's training state.
+            unfinished = [label for (_, label), f in zip(tasks, futures) if f.cancelled() or f.exception() is not None]
+            grids = ", ".join(dict.fromkeys(name for name, _ in tasks))
+            raise WorkerDiedError(
+                f"grid {grids}: a worker process died (killed by a signal or out of memory?); the pool "
+                f"stopped the other workers. Not finished: {unfinished}. Their runs resume from their "
+                f"last completed epoch: rerun the same grid command to resume them.") from error
+        raise error
+    for (name, _), f in zip(tasks, futures):
+        label, status = f.result()
+        outcomes[name][status].append(label)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Tuple
+import threading
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:
     from training.cnn.options import RunOptions
@@ -17,6 +18,11 @@ Planned = Tuple["CifarRecipe", "RunOptions"]  # one validated configuration, rea
 # The parent's tables/configurations.json: one row per finished child.
 CONFIGURATION_PARAMS = ("filters_per_layer", "layers_per_block", "pool_every", "n_params")
 CONFIGURATION_METRICS = ("best_valid_acc", "test_acc", "best_epoch", "fit_wall_time_s")
+
+
+def parent_params(cfg: Mapping[str, Any]) -> Dict[str, Any]:
+    """The params a grid's parent logs, and what a rerun's parent must match to continue it."""
+    return {"grid": cfg["grid"], "model_type": cfg["model_type"], "run_name": cfg["run_name"]}
 
 
 @contextlib.contextmanager
@@ -34,8 +40,8 @@ def grid_parent_run(name: str, cfg: Mapping[str, Any], runs: Sequence[Any]) -> I
     from training.tracking.describe import describe, grid_description
     from training.tracking.parents import log_configuration_table
 
-    params = {"grid": cfg["grid"], "model_type": cfg["model_type"], "run_name": cfg["run_name"]}
-    earlier = _continuable_parent(name, params)
+    params = parent_params(cfg)
+    earlier = continuable_parent(name, params)
     resume_id = earlier["run_id"] if earlier is not None else None
     seeds = list(dict.fromkeys(str(recipe.seed) for recipe, _ in runs)) if runs and isinstance(runs[0], tuple) else []
     tags = {tracking.GRID_TAG: name, tracking.ROLE_TAG: "parent", "archlab.n_configurations": str(len(runs)),
@@ -51,20 +57,92 @@ def grid_parent_run(name: str, cfg: Mapping[str, Any], runs: Sequence[Any]) -> I
         log_configuration_table(run.info.run_id, CONFIGURATION_PARAMS, CONFIGURATION_METRICS)
 
 
-def _continuable_parent(name: str, params: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
+class _HeldParent(threading.Thread):
+    """One grid's parent run, held open in a thread of its own until released.
+
+    Why a thread: MLflow's active-run stack is thread-local, so several grids' parents can be open
+    at once (one pool of workers trains them all), each nested under the driver's active run, and
+    each still goes through grid_parent_run (continuation, params, description, table, and the
+    FAILED/KILLED end with its reason when the driver hands it an error)."""
+
+    def __init__(self, name: str, cfg: Mapping[str, Any], runs: Sequence[Any], outer_run_id: Optional[str]):
+        super().__init__(name=f"parent-{name}", daemon=True)
+        self.grid, self.cfg, self.runs, self.outer_run_id = name, cfg, runs, outer_run_id
+        self.run_obj: Any = None
+        self.error: Optional[BaseException] = None     # raised inside the parent's context on release
+        self.failure: Optional[BaseException] = None   # what opening or closing the parent raised
+        self.ready, self.release = threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        import mlflow
+
+        try:
+            if self.outer_run_id:  # this thread's active run, so the parent nests under it; never ended here
+                mlflow.start_run(run_id=self.outer_run_id, log_system_metrics=False)
+            with grid_parent_run(self.grid, self.cfg, self.runs) as run:
+                self.run_obj = run
+                self.ready.set()
+                self.release.wait()
+                if self.error is not None:
+                    raise self.error
+        except BaseException as e:  # noqa: BLE001  (handed to the driver)
+            if e is not self.error:
+                self.failure = e
+        finally:
+            self.ready.set()
+
+
+@contextlib.contextmanager
+def held_parent_runs(grids: Mapping[str, Tuple[Mapping[str, Any], Sequence[Any]]]) -> Iterator[Dict[str, Any]]:
+    """{name: parent run} for every grid ({name: (cfg, planned)}), all open at once, each nested
+    under this thread's active run (if any). Ends them all on exit: FINISHED, or FAILED/KILLED
+    with the error that left the block."""
+    import mlflow
+
+    outer = mlflow.active_run()
+    held: List[_HeldParent] = []
+    error: Optional[BaseException] = None
+    try:
+        for name, (cfg, runs) in grids.items():  # one after the other: each may continue an earlier parent
+            holder = _HeldParent(name, cfg, runs, outer.info.run_id if outer else None)
+            held.append(holder)
+            holder.start()
+            holder.ready.wait()
+            if holder.failure is not None:
+                raise holder.failure
+        yield {h.grid: h.run_obj for h in held}
+    except BaseException as e:
+        error = e
+        raise
+    finally:
+        for holder in held:
+            holder.error = error
+            holder.release.set()
+        for holder in held:
+            holder.join()
+        failures = [h.failure for h in held if h.failure is not None and h.failure is not error]
+        if failures and error is None:
+            raise failures[0]
+
+
+def continuable_parent(name: str, params: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
     """The newest parent run of grid `name` in this experiment (its search_runs row) if it ended
     FAILED or KILLED, or its owner died leaving it RUNNING (training.tracking.lifecycle), and its
-    params equal `params`; None otherwise, and whenever the parent is not archlab's to choose
-    (inside an active run, or launched by `mlflow run`). A parent whose owner lives: RunBusyError."""
+    params equal `params`; None otherwise, and when launched by `mlflow run` (the project's run is
+    the parent). Inside an active run (reproduce) only that run's own grid parents count, so a
+    continued reproduce run continues its grids' parents. A parent whose owner lives: RunBusyError."""
     import mlflow
 
     from training.tracking import lifecycle, runs as tracking
 
-    if mlflow.active_run() is not None or os.environ.get("MLFLOW_RUN_ID"):
+    if os.environ.get("MLFLOW_RUN_ID"):
         return None
-    found = mlflow.search_runs([tracking.current_experiment_id()], output_format="pandas", max_results=100,
+    outer = mlflow.active_run()
+    under = f" and tags.mlflow.parentRunId = '{outer.info.run_id}'" if outer is not None else ""
+    experiment_id = outer.info.experiment_id if outer is not None else tracking.current_experiment_id()
+    found = mlflow.search_runs([experiment_id], output_format="pandas", max_results=100,
                                filter_string=f"tags.{tracking.GRID_TAG} = '{name}' and "
-                                             f"tags.`{tracking.ROLE_TAG}` = 'parent'",
+                                             f"tags.`{tracking.ROLE_TAG}` = 'parent'{under}",
                                order_by=["attributes.start_time DESC"])
     flat = tracking.flatten_params(params)
     return lifecycle.parent_to_continue(found, name, lambda row: all(row.get(f"params.{k}") == v
