@@ -42,6 +42,8 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 # The programme: "if you limit batches, use at least 30,000 training and 5,000 validation images".
 MIN_TRAIN_IMAGES = 30_000
 MIN_VALID_IMAGES = 5_000
+# The programme tests on the whole official test batch; fewer (n_test) is for smoke runs only.
+FULL_TEST_IMAGES = STANDARD_BATCH_SIZE
 PAD_MODES = ("reflect", "zeros")
 
 
@@ -234,16 +236,22 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = Fal
 
 
 # ==================================================================================== splits
-def check_programme_minimum(n_train: int, n_valid: int, allow_small: bool = False) -> None:
+def check_programme_minimum(n_train: int, n_valid: int, allow_small: bool = False,
+                            n_test: Optional[int] = None) -> None:
     """Raise when an experiment would see fewer images per epoch than the programme's minimum
-    (30000 train, 5000 valid). `allow_small` is for tests and smoke runs only."""
+    (30000 train, 5000 valid), or test on a subset of fewer than the 10000 official test images
+    (n_test: the subset's size; None when the whole test batch is used, whatever it holds).
+    `allow_small` is for tests and smoke runs only."""
     if allow_small:
         return
-    short = [f"{name} {n} < {low}" for name, n, low in
-             (("train", n_train, MIN_TRAIN_IMAGES), ("valid", n_valid, MIN_VALID_IMAGES)) if n < low]
+    floors = [("train", n_train, MIN_TRAIN_IMAGES), ("valid", n_valid, MIN_VALID_IMAGES)]
+    if n_test is not None:
+        floors.append(("test", n_test, FULL_TEST_IMAGES))
+    short = [f"{name} {n} < {low}" for name, n, low in floors if n < low]
     if short:
+        test = "" if n_test is None else f" and tests on all {FULL_TEST_IMAGES} test images"
         raise ValueError(f"too few images per epoch for a full experiment ({'; '.join(short)}); the programme "
-                         f"requires >= {MIN_TRAIN_IMAGES} train and >= {MIN_VALID_IMAGES} validation images. "
+                         f"requires >= {MIN_TRAIN_IMAGES} train and >= {MIN_VALID_IMAGES} validation images{test}. "
                          f"Pass allow_small=True for tests and smoke runs.")
 
 
@@ -268,13 +276,32 @@ def split_indices(n_available: int, n_train: Optional[int], n_valid: int, seed: 
     return train, valid
 
 
-def make_splits(arrays: CifarArrays, n_train: Optional[int], n_valid: int, seed: int) -> Tuple[Split, Split, Split]:
+def check_n_test(n_test: Optional[int], n_available: int) -> None:
+    """n_test (None: all) fits the test images the data holds; else a one-line error before training."""
+    if n_test is None:
+        return
+    if not isinstance(n_test, int) or isinstance(n_test, bool) or n_test < 1:
+        raise ValueError(f"n_test must be an integer >= 1 or None (all test images), got {n_test!r}")
+    if n_test > n_available:
+        raise ValueError(f"n_test={n_test} exceeds the {n_available} available test images; use n_test <= "
+                         f"{n_available}, or None (--n-test 0) for all of them")
+
+
+def make_splits(arrays: CifarArrays, n_train: Optional[int], n_valid: int, seed: int,
+                n_test: Optional[int] = None) -> Tuple[Split, Split, Split]:
     """(train, valid, test): validation carved deterministically from the training images, disjoint
-    from train; the official test batch is the test split. n_train=None takes all the rest."""
+    from train; the official test batch is the test split. n_train=None takes all the rest.
+
+    n_test: test on the first n_test images of the test batch (None: all of them), so a smoke run
+    tests in seconds. The official test batch is stored in random class order, so its head is a
+    fair, roughly class-balanced sample; taking the head (not a seeded draw) keeps the subset the
+    same for every run and a prefix of any larger one."""
+    check_n_test(n_test, len(arrays.test_y))
     train_idx, valid_idx = split_indices(len(arrays.train_y), n_train, n_valid, seed)
+    test = Split(arrays.test_x, arrays.test_y) if n_test is None else \
+        Split(arrays.test_x[:n_test], arrays.test_y[:n_test])
     return (Split(arrays.train_x[train_idx], arrays.train_y[train_idx]),
-            Split(arrays.train_x[valid_idx], arrays.train_y[valid_idx]),
-            Split(arrays.test_x, arrays.test_y))
+            Split(arrays.train_x[valid_idx], arrays.train_y[valid_idx]), test)
 
 
 # ==================================================================================== augmentation
@@ -443,21 +470,25 @@ def _check_loader_args(images, labels, batch_size, drop_last, crop_padding, pad_
 
 # ==================================================================================== a run's data
 def cifar10_splits(data_dir: str | os.PathLike | None, n_train: Optional[int], n_valid: int, split_seed: int,
-                   download: bool = False):
+                   download: bool = False, n_test: Optional[int] = None):
     """(train, valid, test, record): a run's three splits and their DataRecord (digests, source,
     kind; training.data.provenance). Cached per folder contents and split, so the configurations
-    and seeds of a grid read and hash the pickles once per process."""
+    and seeds of a grid read and hash the pickles once per process. n_test: see make_splits."""
     folder = require_cifar10(data_dir, download).resolve()
     stamp = tuple((n, (folder / n).stat().st_mtime_ns, (folder / n).stat().st_size) for n in (*TRAIN_FILES, TEST_FILE))
-    return _cached_splits(str(folder), stamp, n_train, n_valid, split_seed)
+    return _cached_splits(str(folder), stamp, n_train, n_valid, split_seed, n_test)
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_splits(folder: str, stamp: tuple, n_train: Optional[int], n_valid: int, split_seed: int):
-    from training.data.provenance import cifar_record
+def _cached_splits(folder: str, stamp: tuple, n_train: Optional[int], n_valid: int, split_seed: int,
+                   n_test: Optional[int] = None):
+    from training.data.provenance import cifar_record, folder_kind
 
-    train, valid, test = make_splits(load_cifar10(folder), n_train, n_valid, split_seed)
-    return train, valid, test, cifar_record(folder, train, valid, test)
+    arrays = load_cifar10(folder)
+    train, valid, test = make_splits(arrays, n_train, n_valid, split_seed, n_test)
+    # the copy is known by its whole test batch: a run testing on a subset is still recognised
+    kind = folder_kind((folder, stamp), arrays.test_x, arrays.test_y)
+    return train, valid, test, cifar_record(folder, train, valid, test, kind=kind)
 
 
 def split_loaders(train: Split, valid: Split, test: Split, device: str | torch.device, bs_train: int, bs_test: int,

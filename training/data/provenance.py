@@ -3,15 +3,16 @@
 Why: two copies of CIFAR-10 (lossless, JPEG q75) give results 3.4 points apart and look alike on
 disk. Every run records the arrays it actually used (train / validation / test), so the same
 command on another copy is another experiment (the run digest is part of the config hash) and the
-report never mixes copies. The copy is recognised by its 10000-image test split, which no split
-setting changes.
+report never mixes copies. The copy is recognised by its whole 10000-image test batch, always
+hashed in full: n_test (a smoke run testing on the batch's first images) changes the test split a
+run used, and so its test and run digests, but not the copy's kind.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, Hashable, List, Mapping, Optional, Tuple
 
 from training.data.digest import arrays_digest
 
@@ -53,9 +54,11 @@ class DataRecord:
         return hashlib.sha256(";".join(f"{s.name}:{s.digest}" for s in self.splits).encode()).hexdigest()
 
     def summary(self) -> Dict[str, Any]:
-        """For a results file: the run digest, source, kind and each split's digest."""
+        """For a results file: the run digest, source, kind, each split's digest and its number of
+        images (a smoke run's n_test shows in `sizes`, beside the test accuracy it measured)."""
         return {"digest": self.digest, "source": self.source, "kind": self.kind,
-                "splits": {s.name: s.digest for s in self.splits}}
+                "splits": {s.name: s.digest for s in self.splits},
+                "sizes": {s.name: len(s.targets) for s in self.splits}}
 
     def tags(self) -> Dict[str, str]:
         from training.tracking import runs as tracking
@@ -88,13 +91,32 @@ def _numpy(a: Any):
 
 
 def cifar_kind(test_digest: str) -> str:
+    """lossless | jpeg for the digest of a known copy's whole test batch, else unknown."""
     return next((k for k, d in KNOWN_TEST_DIGESTS.items() if d == test_digest), "unknown")
 
 
-def cifar_record(folder: str, train: Tuple[Any, Any], valid: Tuple[Any, Any], test: Tuple[Any, Any]) -> DataRecord:
-    """The record of a CIFAR-10 run's (images, labels) splits read from `folder`."""
+_FOLDER_KINDS: Dict[Hashable, str] = {}
+_FOLDER_KINDS_KEPT = 8
+
+
+def folder_kind(key: Hashable, test_x: Any, test_y: Any) -> str:
+    """The kind of the copy whose whole test batch is (test_x, test_y), hashed once per `key` (a
+    folder and its files' stamps): a grid's runs on one folder pay for the 30 MB hash once, even
+    when their splits differ."""
+    if key not in _FOLDER_KINDS:
+        if len(_FOLDER_KINDS) >= _FOLDER_KINDS_KEPT:
+            _FOLDER_KINDS.pop(next(iter(_FOLDER_KINDS)))
+        _FOLDER_KINDS[key] = cifar_kind(arrays_digest([test_x, test_y]))
+    return _FOLDER_KINDS[key]
+
+
+def cifar_record(folder: str, train: Tuple[Any, Any], valid: Tuple[Any, Any], test: Tuple[Any, Any],
+                 kind: Optional[str] = None) -> DataRecord:
+    """The record of a CIFAR-10 run's (images, labels) splits read from `folder`. kind: the copy's,
+    from its whole test batch (folder_kind); None: recognised from `test`, right only when `test`
+    is the whole batch (a subset's digest matches no known copy)."""
     splits = [SplitData(name, *xy) for name, xy in (("train", train), ("valid", valid), ("test", test))]
-    return DataRecord("cifar10", str(folder), cifar_kind(splits[2].digest), splits)
+    return DataRecord("cifar10", str(folder), kind or cifar_kind(splits[2].digest), splits)
 
 
 def synthetic_record(splits: Mapping[str, Any], generator: str, params: Mapping[str, Any]) -> DataRecord:
