@@ -29,9 +29,10 @@ def cnn_experiment(run_name: str, out_dir: str = "./results", seed: Optional[int
     """Train one configuration, write the results JSON, log it all to MLflow; returns the JSON path
     (None when an identical configuration already finished and was skipped).
 
-    batches: training batches per epoch (None: the whole training split); validation and test
-    always use every image. The fit's "test" curves are on the validation split (early stopping
-    and checkpoints use it); the official test set is evaluated once, with the best checkpoint.
+    batches: training batches per epoch (None: the whole training split); validation always uses
+    every image, and so does the test unless n_test (smoke runs) takes the first n_test. The fit's
+    "test" curves are on the validation split (early stopping and checkpoints use it); the official
+    test set is evaluated once, with the best checkpoint.
     kw: archlab's extra options: `CifarRecipe`'s settings and `RunOptions`' execution options.
     """
     recipe, options = plan_run(dict(
@@ -94,7 +95,8 @@ def run_recipe(recipe: CifarRecipe, policy: ExecutionPolicy, options: RunOptions
 
     torch.manual_seed(recipe.seed)
     model = recipe.build_model()  # shape errors (maps shrinking below 1x1) surface here
-    data = cifar10_splits(options.data_dir, recipe.n_train, recipe.n_valid, recipe.split_seed, options.download)
+    data = cifar10_splits(options.data_dir, recipe.n_train, recipe.n_valid, recipe.split_seed, options.download,
+                          n_test=recipe.n_test)  # n_test beyond the data's test images: refused here
     record = data[3]
     recipe = recipe.with_(data_digest=record.digest)
     skip, resume_run_id = store.find_prior(recipe, options)

@@ -47,7 +47,8 @@ class CifarRecipe:
     n_train: Optional[int] = None      # None: all 50000 - n_valid
     n_valid: int = 5000
     split_seed: int = 42               # fixed, so every run is judged on the same validation images
-    allow_small: bool = False          # below the programme's 30000/5000 minimum (tests, smoke runs)
+    n_test: Optional[int] = None       # test on the test batch's first n_test images (None: all 10000)
+    allow_small: bool = False          # below the programme's 30000/5000/10000 minimum (tests, smoke runs)
     augment: bool = False              # random translate (crop_padding px) + horizontal flip
     crop_padding: int = 4
     # optimisation
@@ -77,7 +78,8 @@ class CifarRecipe:
     # Fields added after runs were logged: at this value they stay out of the hash, so the runs
     # logged before them still match (skip when finished, resume when interrupted). Adding such a
     # field is the field plus one entry here.
-    HASHED_ONLY_WHEN_SET: ClassVar[Dict[str, Any]] = {"norm_weight_decay": None, "data_digest": None}
+    HASHED_ONLY_WHEN_SET: ClassVar[Dict[str, Any]] = {"norm_weight_decay": None, "data_digest": None,
+                                                      "n_test": None}
     # Fields that are not settings: filled in from the data, recorded as tags and dataset inputs.
     FROM_DATA: ClassVar[Tuple[str, ...]] = ("data_digest",)
 
@@ -145,6 +147,7 @@ class CifarRecipe:
             raise ValueError(f"n_train must be >= 1 or None (all), got {self.n_train}")
         if self.n_valid < 1:
             raise ValueError(f"n_valid must be >= 1, got {self.n_valid}")
+        check_int("n_test", self.n_test, 1, allow_none=True)
         check_optimizer_spec({**self.optimizer_spec(), "lr": 1.0, "weight_decay": 0.0})  # lr, reg: below
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; valid: {list(SCHEDULES)}")
@@ -181,8 +184,9 @@ class CifarRecipe:
 
     def _check_images_per_epoch(self, n_available: int = 50000) -> None:
         """The programme's floor (>= 30000 training images seen per epoch, >= 5000 validation
-        images), checked before any data is read; allow_small lifts it for tests and smoke runs."""
-        from training.data.cifar import MIN_TRAIN_IMAGES, MIN_VALID_IMAGES
+        images, all 10000 test images), checked before any data is read; allow_small lifts it for
+        tests and smoke runs."""
+        from training.data.cifar import FULL_TEST_IMAGES, MIN_TRAIN_IMAGES, MIN_VALID_IMAGES
 
         if self.allow_small:
             return
@@ -196,6 +200,9 @@ class CifarRecipe:
         if self.n_valid < MIN_VALID_IMAGES:
             raise ValueError(f"n_valid={self.n_valid} < {MIN_VALID_IMAGES}, the programme's minimum of validation "
                              f"images; use allow_small for a smoke run")
+        if self.n_test is not None and self.n_test < FULL_TEST_IMAGES:
+            raise ValueError(f"n_test={self.n_test} < {FULL_TEST_IMAGES}, the programme's test set (every official "
+                             f"test image); use n_test=None (--n-test 0) for all, or allow_small for a smoke run")
 
     # ------------------------------------------------------------------------------ what it builds
     def optimizer_spec(self) -> Dict[str, Any]:

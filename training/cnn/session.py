@@ -43,8 +43,10 @@ class TrainingSession:
         from training.data.cifar import check_programme_minimum, cifar10_splits, split_loaders
 
         r, dev = recipe, policy.device
-        train, valid, test, record = data or cifar10_splits(data_dir, r.n_train, r.n_valid, r.split_seed, download)
-        check_programme_minimum(len(train.y), len(valid.y), r.allow_small)
+        train, valid, test, record = data or cifar10_splits(data_dir, r.n_train, r.n_valid, r.split_seed, download,
+                                                            n_test=r.n_test)
+        check_programme_minimum(len(train.y), len(valid.y), r.allow_small,
+                                n_test=None if r.n_test is None else len(test.y))  # a subset: >= 10000 or smoke
         dl_train, dl_valid, dl_test = split_loaders(train, valid, test, dev, r.bs_train, r.bs_test, r.augment, r.seed,
                                                     channels_last=policy.channels_last, crop_padding=r.crop_padding)
         dl_train.data_digest = record.digest  # kept in the training state: resume checks it

@@ -47,10 +47,13 @@ def programme_epochs(grid: Optional[str]) -> Optional[int]:
 
 def is_smoke(recipe: CifarRecipe, options: RunOptions, train_images_per_epoch: int, n_valid: int) -> bool:
     """Below the programme's size: fewer images per epoch than its minimum (what allow_small
-    permits) or fewer epochs than the grid's config trains."""
-    from training.data.cifar import MIN_TRAIN_IMAGES, MIN_VALID_IMAGES
+    permits), a test on fewer than the 10000 test images (n_test), or fewer epochs than the grid's
+    config trains."""
+    from training.data.cifar import FULL_TEST_IMAGES, MIN_TRAIN_IMAGES, MIN_VALID_IMAGES
 
     if train_images_per_epoch < MIN_TRAIN_IMAGES or n_valid < MIN_VALID_IMAGES:
+        return True
+    if recipe.n_test is not None and recipe.n_test < FULL_TEST_IMAGES:  # tested on a subset
         return True
     full = programme_epochs(options.grid or recipe.run_name)
     return full is not None and recipe.epochs < full
@@ -134,17 +137,16 @@ def already_done(recipe: CifarRecipe, options: RunOptions) -> bool:
     if options.restart or not options.tracking:
         return False
     if recipe.data_digest is None:
-        recipe = recipe.with_(data_digest=_data_digest(options.data_dir, recipe.n_train, recipe.n_valid,
-                                                       recipe.split_seed, options.download))
+        recipe = recipe.with_(data_digest=_data_digest(recipe, options))
     return bool(len(_done(prior_runs(recipe.config_hash()))))
 
 
-def _data_digest(data_dir: Optional[str], n_train: Optional[int], n_valid: int, split_seed: int,
-                 download: bool) -> str:
-    """The digest run_recipe would record for these splits (cifar10_splits caches them per folder)."""
+def _data_digest(recipe: CifarRecipe, options: RunOptions) -> str:
+    """The digest run_recipe would record for the recipe's splits (cifar10_splits caches them per folder)."""
     from training.data.cifar import cifar10_splits
 
-    return cifar10_splits(data_dir, n_train, n_valid, split_seed, download)[3].digest
+    return cifar10_splits(options.data_dir, recipe.n_train, recipe.n_valid, recipe.split_seed, options.download,
+                          n_test=recipe.n_test)[3].digest
 
 
 @contextlib.contextmanager

@@ -82,7 +82,7 @@ def check_grid(runs: List[Dict[str, Any]]) -> List[Planned]:
     import torch
 
     from training.cnn.experiment import decide_policy, dry_run, plan_run
-    from training.data.cifar import load_cifar10, split_indices
+    from training.data.cifar import check_n_test, load_cifar10, split_indices
 
     planned = []
     rng = torch.get_rng_state()
@@ -100,8 +100,10 @@ def check_grid(runs: List[Dict[str, Any]]) -> List[Planned]:
     for recipe, options in planned:
         key = (options.data_dir, bool(options.download))
         if key not in n_available:
-            n_available[key] = len(load_cifar10(*key).train_y)
-        split_indices(n_available[key], recipe.n_train, recipe.n_valid, seed=0)
+            arrays = load_cifar10(*key)
+            n_available[key] = len(arrays.train_y), len(arrays.test_y)
+        split_indices(n_available[key][0], recipe.n_train, recipe.n_valid, seed=0)
+        check_n_test(recipe.n_test, n_available[key][1])
     return planned
 
 
