@@ -2,6 +2,7 @@
 
     python -m entrypoints.cifar run-exp -n exp1_1 -K 32 -L 2 -P 1 -H 100     # one configuration
     python -m entrypoints.cifar grid exp1_2 --epochs 2 --n-train 30000        # what `mlflow run . -e exp1_2` runs
+    python -m entrypoints.cifar grid exp2 --allow-small true --n-train 5000 --n-test 1000   # a CPU smoke run
 """
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ def one_config_options(f):
         click.option("--bs-train", type=int, default=None, callback=zero_is_none, help="Training batch size."),
         click.option("--n-train", type=int, default=None, callback=zero_is_none, help="Training images (subset)."),
         click.option("--n-valid", type=int, default=None, callback=zero_is_none, help="Validation images."),
+        click.option("--n-test", type=int, default=None, callback=zero_is_none,
+                     help="Test on the first N official test images (default: all 10000; fewer needs "
+                          "--allow-small true)."),
         click.option("--data-dir", default=None, callback=auto_is_none,
                      help="Folder holding cifar-10-batches-py (default: $ARCHLAB_DATA, else ~/.cache/archlab/data; "
                           "on Kubernetes: the path inside the pod)."),
@@ -63,8 +67,8 @@ def one_config_options(f):
 
 
 def one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, device, out_dir, checkpoint_dir,
-                         restart, allow_small, cuda_graphs="auto") -> dict:
-    options = dict(n_train=n_train, n_valid=n_valid, data_dir=data_dir, restart=restart or None,
+                         restart, allow_small, cuda_graphs="auto", n_test=None) -> dict:
+    options = dict(n_train=n_train, n_valid=n_valid, n_test=n_test, data_dir=data_dir, restart=restart or None,
                    allow_small=allow_small or None, checkpoint_dir=checkpoint_dir,
                    cuda_graphs=None if cuda_graphs == "auto" else cuda_graphs)
     return dict(epochs=epochs, batches=batches, bs_train=bs_train, device=device, out_dir=out_dir,
@@ -86,7 +90,7 @@ def one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, 
               help="Comma-separated configurations to train (child run names, e.g. exp2_L3_K32-64-128); default all.")
 @seeds_option
 @tracking_options
-def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, device, out_dir, checkpoint_dir,
+def grid(name, epochs, batches, bs_train, n_train, n_valid, n_test, data_dir, device, out_dir, checkpoint_dir,
          restart, allow_small, cuda_graphs, download, workers, devices, only, seeds, tracking_uri,
          experiment):
     """Run (or continue) experiment grid NAME: a parent run with one child run per (configuration, seed)."""
@@ -96,7 +100,7 @@ def grid(name, epochs, batches, bs_train, n_train, n_valid, data_dir, device, ou
     device = resolve_device(device)
     workers = worker_count(workers, devices, device)
     overrides = one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir, device,
-                                     out_dir, checkpoint_dir, restart, allow_small, cuda_graphs)
+                                     out_dir, checkpoint_dir, restart, allow_small, cuda_graphs, n_test)
     if download:
         overrides["options"]["download"] = True
     uri = start(tracking_uri, experiment)
@@ -144,8 +148,8 @@ def config(name, config_name, overrides, tracking_uri, experiment):
               help="Comma-separated configurations to submit (child run names); default all.")
 @one_config_options
 @tracking_options
-def submit(name, backend, backend_config, project_uri, only, epochs, batches, bs_train, n_train, n_valid, data_dir,
-           device, out_dir, checkpoint_dir, restart, allow_small, cuda_graphs, tracking_uri,
+def submit(name, backend, backend_config, project_uri, only, epochs, batches, bs_train, n_train, n_valid, n_test,
+           data_dir, device, out_dir, checkpoint_dir, restart, allow_small, cuda_graphs, tracking_uri,
            experiment):
     """Submit grid NAME as one MLflow project run per configuration (children of one parent run) on
     the chosen backend: local, or kubernetes (docker_env project, one Job each; deploy/kubernetes)."""
@@ -153,7 +157,7 @@ def submit(name, backend, backend_config, project_uri, only, epochs, batches, bs
 
     overrides = one_config_overrides(epochs, batches, bs_train, n_train, n_valid, data_dir,
                                      None if device in (None, "", "auto") else device, out_dir, checkpoint_dir,
-                                     restart, allow_small, cuda_graphs)
+                                     restart, allow_small, cuda_graphs, n_test)
     uri = start(tracking_uri, experiment)
     try:
         summary = submit_grid(name, overrides, backend=backend, backend_config=backend_config,
@@ -198,6 +202,9 @@ def run_exp_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="Download CIFAR-10 when missing")
     p.add_argument("--n-train", type=int, default=None, help="Training images (default: 45000)")
     p.add_argument("--n-valid", type=int, default=5000, help="Validation images")
+    p.add_argument("--n-test", type=int, default=None,
+                   help="Test on the first N official test images (default or 0: all 10000; fewer needs "
+                        "--allow-small)")
     p.add_argument("--augment", action="store_true", help="Random translate + flip")
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam")
     p.add_argument("--restart", action="store_true", help="Train afresh even if this configuration finished")
@@ -216,7 +223,7 @@ def run_exp(ctx):
     seeds = run_exp_seeds(args.seed, args.seeds)
     device = resolve_device(args.device) if args.device else None
     kw = dict(data_dir=args.data_dir, download=args.download, n_train=args.n_train, n_valid=args.n_valid,
-              augment=args.augment, optimizer=args.optimizer, restart=args.restart, allow_small=args.allow_small)
+              n_test=args.n_test or None, augment=args.augment, optimizer=args.optimizer, restart=args.restart, allow_small=args.allow_small)
     call = dict(out_dir=args.out_dir, device=device, bs_train=args.bs_train, bs_test=args.bs_test,
                 batches=args.batches or None, epochs=args.epochs, early_stopping=args.early_stopping or None,
                 checkpoints=args.checkpoints, lr=args.lr, reg=args.reg, filters_per_layer=args.filters_per_layer,
