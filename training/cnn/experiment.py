@@ -92,7 +92,9 @@ def run_recipe(recipe: CifarRecipe, policy: ExecutionPolicy, options: RunOptions
     decision is per (configuration, seed, data). on_epoch_end(metrics, session): called after each
     epoch, before the metrics are recorded and logged (benchmarks add their own measurements)."""
     from training.data.cifar import cifar10_splits
+    from training.tracking.timing import spent
 
+    before_check = spent()  # the skip/resume check's MLflow time: the run's mlflow_pre_run_s
     torch.manual_seed(recipe.seed)
     model = recipe.build_model()  # shape errors (maps shrinking below 1x1) surface here
     data = cifar10_splits(options.data_dir, recipe.n_train, recipe.n_valid, recipe.split_seed, options.download,
@@ -122,6 +124,7 @@ def run_recipe(recipe: CifarRecipe, policy: ExecutionPolicy, options: RunOptions
     smoke = store.is_smoke(recipe, options, session.dl_train.images_per_epoch(recipe.batches),
                            len(session.dl_valid.dataset))
     tags = {**record.tags(), SMOKE_TAG: "true" if smoke else "false"}
+    opened = spent()  # the run's mlflow_time_s counts from its start_run on
     with store.tracked_run(recipe, options, policy.device, resume_run_id, tags) as run:
         store.log_run_params(recipe, options, dict(
             n_train=len(session.dl_train.dataset), n_valid=len(session.dl_valid.dataset),
@@ -132,5 +135,6 @@ def run_recipe(recipe: CifarRecipe, policy: ExecutionPolicy, options: RunOptions
         example = next(iter(session.dl_test))[0][:2].float().cpu().contiguous().numpy() if options.log_model else None
         path = store.log_outcome(run, recipe, options, fit, final, history, session.graph_report(),
                                  example_input=example, model=session.model, data=record.summary())
+        store.log_mlflow_time(opened - before_check, opened, fit.num_epochs)
     store.after_finish(recipe, options, run.info.run_id)
     return path

@@ -15,6 +15,7 @@ from training.cnn.options import RunOptions
 from training.cnn.recipe import CifarRecipe
 from training.results import FitResult
 from training.results_io import save_experiment
+from training.tracking.timing import mlflow_call  # no MLflow import: runs without MLflow still work
 
 # The fit's "test" curves are on the validation split: MLflow names them for what they are.
 VALID_METRIC_NAMES = {"test_loss": "valid_loss", "test_acc": "valid_acc", "best_test_acc": "best_valid_acc"}
@@ -77,6 +78,7 @@ def checkpoint_path(recipe: CifarRecipe, options: RunOptions) -> str:
     return options.checkpoints or os.path.join(options.checkpoint_dir, f"{recipe.name}-{recipe.config_hash()}.pt")
 
 
+@mlflow_call()
 def prior_runs(chash: str):
     """Earlier runs of this exact configuration in the experiment this run will land in."""
     import mlflow
@@ -106,7 +108,8 @@ def find_prior(recipe: CifarRecipe, options: RunOptions) -> Tuple[bool, Optional
                   f"config hash {chash}, same data); use restart to train it again")
             return True, None
         unfinished = prior[~prior.run_id.isin(done.run_id)] if len(prior) else prior
-        resume_run_id = lifecycle.resumable(unfinished, run_name(recipe, options), reuse=not options.restart)
+        with mlflow_call():  # closes stale runs of this configuration
+            resume_run_id = lifecycle.resumable(unfinished, run_name(recipe, options), reuse=not options.restart)
     if options.restart:
         for path in (state_base, f"{state_base}.state"):
             if os.path.exists(path):
@@ -212,13 +215,26 @@ def log_outcome(run: Any, recipe: CifarRecipe, options: RunOptions, fit: FitResu
     tracking.log_final_metrics({k: v for k, v in final.items() if k != "best_valid_acc"}, step=fit.num_epochs,
                                model_id=model_id)
     describe.log_summary_table({"run": run_name(recipe, options), **final})
-    mlflow.set_tags({f"archlab.{k}": v for k, v in execution.items() if k in ("cuda_graph", "cuda_graph_fallback")})
+    with mlflow_call():
+        mlflow.set_tags({f"archlab.{k}": v for k, v in execution.items() if k in ("cuda_graph", "cuda_graph_fallback")})
     path = write_results(recipe, options, fit, final, epochs=history, execution=execution,
                          mlflow_run_id=run.info.run_id, data=data or {})
-    mlflow.log_artifact(path, "results")
-    if model_id is None:
-        mlflow.log_artifact(checkpoint_path(recipe, options), "checkpoints")
+    with mlflow_call():
+        mlflow.log_artifact(path, "results")
+        if model_id is None:
+            mlflow.log_artifact(checkpoint_path(recipe, options), "checkpoints")
     return path
+
+
+def log_mlflow_time(pre_run_s: float, since: float, step: int) -> None:
+    """The run's `mlflow_time_s` (training.tracking.timing): seconds this thread spent in MLflow
+    calls since `since` (a timing.spent() reading taken just before start_run), and its skip check's
+    `mlflow_pre_run_s`; logged last, just before the run ends, so that issue #17's record can put
+    MLflow's share of the time in numbers."""
+    from training.tracking import runs as tracking
+    from training.tracking import timing
+
+    tracking.log_metrics({timing.METRIC: timing.spent() - since, timing.PRE_RUN_METRIC: pre_run_s}, step=step)
 
 
 def after_finish(recipe: CifarRecipe, options: RunOptions, run_id: Optional[str]) -> None:

@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from models.classifier import plot_decision_boundary_2d, plot_roc, positive_scores, roc_optimal_point  # noqa: E402
 from training.tracking import describe  # noqa: E402
 from training.tracking import runs as tracking  # noqa: E402
+from training.tracking import timing  # noqa: E402
 from training.tracking.parents import log_configuration_table, summarise_parent  # noqa: E402
 from training.part1.evaluation import binary_report, plot_confusion  # noqa: E402
 from training.experiments import BinaryOutcome, build_binary_mlp, train_binary_mlp  # noqa: E402
@@ -141,6 +142,7 @@ def _train_logged_binary(run_name: str, model, hp: Mapping[str, Any], params: Ma
                          n_epochs: int, boundary_split: str, tags: Mapping[str, str], device: Optional[str], record):
     """One MLflow run: params, description, data inputs, per-epoch metrics, evaluation, figures and
     tables, the model (the best weights, stored once)."""
+    mlflow_since = timing.spent()
     with tracking.open_run(run_name, tags=tags) as run:
         tracking.log_params(params)
         describe.describe(describe.mlp_description(params))
@@ -156,6 +158,7 @@ def _train_logged_binary(run_name: str, model, hp: Mapping[str, Any], params: Ma
         tracking.log_metrics(metrics, step=out.fit.num_epochs, model_id=model_id)
         describe.log_summary_table({"run": run_name, **{k: v for k, v in params.items() if k != "optimizer"},
                                     **metrics})
+        tracking.log_metrics({timing.METRIC: timing.spent() - mlflow_since}, step=out.fit.num_epochs)
     if tags.get(tracking.ROLE_TAG) == "child":
         summarise_parent(run.info.run_id)
     return out, metrics, run.info.run_id

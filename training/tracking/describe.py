@@ -12,6 +12,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import mlflow
 
+from training.tracking.timing import mlflow_call
+
 NOTE_TAG = "mlflow.note.content"
 SYSTEM_METRICS_INTERVAL_S = 5  # a psutil sample + one log_batch per run every 5 s: cheap, and short runs get points
 
@@ -26,6 +28,7 @@ def enable_system_metrics() -> None:
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
 
+@mlflow_call()
 def describe(text: str, run_id: Optional[str] = None) -> None:
     """Set the run's description (default: the active run)."""
     mlflow.MlflowClient().set_tag(run_id or mlflow.active_run().info.run_id, NOTE_TAG, text[:5000])
@@ -62,6 +65,7 @@ def grid_description(grid: str, n_configurations: int, what: str) -> str:
            f"summarise the finished children."
 
 
+@mlflow_call()
 def log_roc_table(fpr: Sequence[float], tpr: Sequence[float], thresholds: Sequence[float], chosen: int,
                   artifact_file: str = "tables/roc_valid.json") -> None:
     """Every ROC point of the validation split, the chosen threshold marked."""
@@ -71,6 +75,7 @@ def log_roc_table(fpr: Sequence[float], tpr: Sequence[float], thresholds: Sequen
                      artifact_file)
 
 
+@mlflow_call()
 def log_summary_table(row: Mapping[str, Any], artifact_file: str = "tables/summary.json") -> None:
     """The run's final summary (configuration + final metrics) as a one-row table."""
     mlflow.log_table({k: [v if isinstance(v, (int, float, str, bool)) or v is None else str(v)]

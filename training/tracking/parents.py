@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import mlflow
 from mlflow.entities import Metric
 
+from training.tracking.timing import mlflow_call
 
 
 def finished_children(parent_run_id: str):
@@ -23,6 +24,7 @@ def finished_children(parent_run_id: str):
                                             f"attributes.status = 'FINISHED'")
 
 
+@mlflow_call()
 def summarise_parent(child_run_id: str, key: str = "test_acc") -> Optional[str]:
     """Refresh the summary metrics of `child_run_id`'s parent; returns the parent id (None: no parent)."""
     client = mlflow.MlflowClient()
@@ -40,6 +42,7 @@ def summarise_parent(child_run_id: str, key: str = "test_acc") -> Optional[str]:
     return parent
 
 
+@mlflow_call()
 def log_configuration_table(parent_run_id: str, params: Sequence[str], metrics: Sequence[str]) -> None:
     """One row per finished child: its name, the given params and metrics (`tables/configurations.json`)."""
     done = finished_children(parent_run_id)

@@ -22,6 +22,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from training.config import config_hash  # noqa: F401  (re-exported: runs are tagged with it)
+from training.tracking.timing import mlflow_call
 
 DEFAULT_EXPERIMENT = "archlab"
 ROLE_TAG = "archlab.role"
@@ -110,23 +111,14 @@ def open_run(name: str, tags: Optional[Mapping[str, str]] = None, experiment: Op
     lifecycle.install_signal_handlers()
     tags = {**dict(tags or {}), **lifecycle.owner_tags()}
     active = mlflow.active_run()
-    if run_id is not None:
-        if active is None:  # new nested children must land in the resumed run's experiment
-            mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
-        ctx = mlflow.start_run(run_id=run_id, nested=active is not None)
-    elif active is not None:
-        ctx = mlflow.start_run(run_name=name, nested=True, tags=tags, experiment_id=active.info.experiment_id)
-    elif os.environ.get("MLFLOW_RUN_ID"):
-        ctx = mlflow.start_run(run_name=name, tags=tags)
-    else:
-        if not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-            mlflow.set_experiment(experiment or default_experiment_name())
-        ctx = mlflow.start_run(run_name=name, tags=tags)
+    with mlflow_call():
+        ctx = _start_run(name, tags, experiment, run_id, active)
     with ctx as run:
         lifecycle.opened(run.info.run_id)
         try:
             if run_id is not None:
-                _reopened(run_id, tags, parent_id=active.info.run_id if active is not None else None)
+                with mlflow_call():
+                    _reopened(run_id, tags, parent_id=active.info.run_id if active is not None else None)
             yield run
         except BaseException as e:
             status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
@@ -137,6 +129,22 @@ def open_run(name: str, tags: Optional[Mapping[str, str]] = None, experiment: Op
             raise
         finally:
             lifecycle.closed(run.info.run_id)
+
+
+def _start_run(name: str, tags: Mapping[str, str], experiment: Optional[str], run_id: Optional[str],
+               active: Optional[mlflow.ActiveRun]) -> mlflow.ActiveRun:
+    """open_run's choice of where the run goes (see there), made with one start_run call."""
+    if run_id is not None:
+        if active is None:  # new nested children must land in the resumed run's experiment
+            mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
+        return mlflow.start_run(run_id=run_id, nested=active is not None)
+    if active is not None:
+        return mlflow.start_run(run_name=name, nested=True, tags=tags, experiment_id=active.info.experiment_id)
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return mlflow.start_run(run_name=name, tags=tags)
+    if not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        mlflow.set_experiment(experiment or default_experiment_name())
+    return mlflow.start_run(run_name=name, tags=tags)
 
 
 def _reopened(run_id: str, tags: Mapping[str, str], parent_id: Optional[str]) -> None:
@@ -160,6 +168,7 @@ def default_experiment_name() -> str:
     return os.environ.get("ARCHLAB_EXPERIMENT") or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 
 
+@mlflow_call()
 def current_experiment_id() -> str:
     """The experiment `open_run` would put a new run in (same resolution order)."""
     active = mlflow.active_run()
@@ -174,11 +183,13 @@ def current_experiment_id() -> str:
     return exp.experiment_id if exp is not None else mlflow.create_experiment(name)
 
 
+@mlflow_call()
 def mark_diverged(reason: str) -> None:
     """Tag the active run as diverged (NaN/inf loss): a rerun will not retry it blindly."""
     mlflow.set_tags({DIVERGED_TAG: "true", "archlab.error": reason[:5000]})
 
 
+@mlflow_call()
 def log_params(params: Mapping[str, Any], run_id: Optional[str] = None) -> None:
     """All params in one call; re-logging the same values (a resumed run, or the -P values that
     `mlflow run` logged on the project's run before it started) is fine."""
@@ -204,6 +215,7 @@ def same_param(logged: str, value: str) -> bool:
         return False
 
 
+@mlflow_call()
 def log_metrics(metrics: Mapping[str, Any], step: int, run_id: Optional[str] = None,
                 model_id: Optional[str] = None, tags: Optional[Mapping[str, str]] = None) -> None:
     """Numeric, finite-or-not metrics in a single `log_batch` call (one round-trip per epoch);
@@ -226,7 +238,8 @@ class EpochLogger:
                  probe_key: str = "train_loss"):
         self.run_id = run_id or mlflow.active_run().info.run_id
         self.prefix_map = dict(prefix_map or {})
-        logged = MlflowClient().get_metric_history(self.run_id, self.prefix_map.get(probe_key, probe_key))
+        with mlflow_call():
+            logged = MlflowClient().get_metric_history(self.run_id, self.prefix_map.get(probe_key, probe_key))
         self.last_logged_step = max((m.step for m in logged), default=0)
 
     def __call__(self, epoch_metrics: Dict[str, Any]) -> None:
@@ -241,6 +254,7 @@ class EpochLogger:
                     tags=heartbeat_tags())  # the owner's heartbeat, in the same round-trip
 
 
+@mlflow_call()
 def log_figure(fig, artifact_file: str, close: bool = True) -> None:
     import matplotlib.pyplot as plt
 
@@ -249,6 +263,7 @@ def log_figure(fig, artifact_file: str, close: bool = True) -> None:
         plt.close(fig)
 
 
+@mlflow_call()
 def log_final_metrics(metrics: Mapping[str, Any], step: int, run_id: Optional[str] = None,
                       model_id: Optional[str] = None) -> None:
     """The run's one-off final metrics (test_acc, n_params ...), each logged once: a resumed run
@@ -265,6 +280,7 @@ def _logged_models(run_id: str, name: str) -> list:
     return [m for m in found if m.name == name]
 
 
+@mlflow_call()
 def log_torch_model(model, input_example, name: str = "model") -> str:
     """Log the final model once, as the LoggedModel `name`; returns its model_id (for linking the
     test metrics). Explicit pip requirements skip MLflow's slow inference (~6 s); torch.export's
