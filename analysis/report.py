@@ -123,10 +123,12 @@ def summary(result: ReportResult) -> str:
               help="Also log each grid's figures to its newest parent run (artifact folder report/).")
 def cli(out: str, tracking_uri: Optional[str], experiment: Optional[str], log_artifacts: bool) -> None:
     """Build reports/answers.md and the figures from the runs in the store (never trains)."""
+    from training.tracking import lifecycle
     from training.tracking import runs as tracking
 
     try:
         tracking.configure_tracking(tracking_uri)
+        lifecycle.sweep_never_started()
         result = build_report(out, experiment, log_artifacts)
     except (ValueError, ConnectionError) as e:
         raise click.UsageError(str(e)) from None

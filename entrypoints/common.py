@@ -81,9 +81,11 @@ def tracking_options(f):
 
 
 def start(tracking_uri: Optional[str], experiment: Optional[str]) -> str:
-    """Configure the store (fails fast when a server is unreachable) and CPU threads."""
+    """Configure the store (fails fast when a server is unreachable) and CPU threads; close the
+    project runs `mlflow run` left RUNNING when their environment could not be built."""
     import torch
 
+    from training.tracking import lifecycle
     from training.tracking import runs as tracking
 
     if experiment:
@@ -96,6 +98,7 @@ def start(tracking_uri: Optional[str], experiment: Optional[str]) -> str:
     check_tracking_scheme(uri)
     check_store(uri)
     check_experiment(os.environ.get("ARCHLAB_EXPERIMENT", tracking.DEFAULT_EXPERIMENT))
+    lifecycle.sweep_never_started()
     return uri
 
 

@@ -164,3 +164,76 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_file(mlflow_store, fake_cifa
     run = tracking.find_runs("attributes.run_name = 'full_L1_K64'")
     assert list(run.status) == ["FAILED"]
     assert "could not write checkpoint" in run["tags.archlab.end_reason"].iloc[0]
+
+
+def project_run(client: MlflowClient, experiment_id: str, age_s: float, entry: str = "report", **tags) -> str:
+    """A run as `mlflow run` leaves it when the environment build fails (mlflow/projects/utils.py
+    _create_run: these tags and the -P params; backend/local.py: `mlflow.project.env` before the
+    build; `mlflow.project.backend` only once the command runs), started `age_s` seconds ago."""
+    tags = {"mlflow.user": "someone", "mlflow.source.name": str(PROJECT_ROOT), "mlflow.source.type": "PROJECT",
+            "mlflow.project.entryPoint": entry, "mlflow.project.env": "virtualenv", **tags}
+    run = client.create_run(experiment_id, start_time=int((time.time() - age_s) * 1000), tags=tags)
+    client.log_param(run.info.run_id, "out", "reports")
+    return run.info.run_id
+
+
+def never_started_reason(run_id: str) -> str:
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FAILED"
+    return run.data.tags[lifecycle.END_REASON_TAG]
+
+
+def test_project_runs_whose_command_never_started_are_closed_by_the_next_command(mlflow_store, tmp_path):
+    """Case 14: `mlflow run` runs older than ARCHLAB_STALE_AFTER_S that never reached their command
+    (no `mlflow.project.backend` tag, no archlab owner, no metric) end FAILED with the reason, in
+    every experiment, when the report (or any entry point) starts; a young one, one whose command
+    ran, and one archlab owns stay RUNNING."""
+    from analysis.report import cli as report_cli
+
+    client, old = MlflowClient(), 7 * 3600
+    other = client.create_experiment("other")
+    dead = [project_run(client, "0", old), project_run(client, other, old, entry="exp1_1")]
+    kept = [project_run(client, "0", 60),  # may still be building its environment
+            project_run(client, "0", old, **{"mlflow.project.backend": "local"}),  # its command ran
+            project_run(client, "0", old, **{**lifecycle.owner_tags(), lifecycle.OWNER_PID_TAG: str(dead_pid())})]
+    result = CliRunner().invoke(report_cli, ["--out", str(tmp_path / "reports"), "--no-log-artifacts"])
+    assert result.exit_code == 0, result.output
+    for run_id in dead:
+        assert never_started_reason(run_id) == f"{lifecycle.NEVER_STARTED}; env manager: virtualenv"
+        assert f"Closed run {run_id}" in result.output
+    assert [client.get_run(r).info.status for r in kept] == ["RUNNING"] * 3
+
+
+def test_a_project_run_closed_too_early_ends_true_when_its_command_starts(mlflow_store, monkeypatch):
+    """An environment build slower than ARCHLAB_STALE_AFTER_S: the sweep closed the run, then the
+    command starts in it after all; the run ends FINISHED, the sweep's reason kept as previous."""
+    client = MlflowClient()
+    run_id = project_run(client, "0", 7 * 3600)
+    assert lifecycle.close_never_started_project_runs() == [run_id]
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)  # what the launcher hands the command
+    with tracking.open_run("report"):
+        pass
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and lifecycle.END_REASON_TAG not in run.data.tags
+    assert run.data.tags["archlab.previous_end_reason"].startswith(lifecycle.NEVER_STARTED)
+
+
+def test_mlflow_run_whose_environment_cannot_be_built_is_closed_by_the_next_entry_point(mlflow_store, tmp_path,
+                                                                                        monkeypatch):
+    """Case 14 end to end: the real `mlflow run -e report --env-manager virtualenv` without pyenv
+    (as offline: the build fails before the command) leaves its run RUNNING; the next entry point
+    (Part 1's, once the run is older than ARCHLAB_STALE_AFTER_S) ends it FAILED with the reason."""
+    from entrypoints.part1 import cli as part1_cli
+
+    (tmp_path / "bin").mkdir()
+    env = {**subprocess_env(mlflow_store), "PATH": str(tmp_path / "bin"), "MLFLOW_ENV_ROOT": str(tmp_path / "envs")}
+    proc = subprocess.run([sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "-e", "report",
+                           "--env-manager", "virtualenv", "--experiment-name", "e2e-env"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    (run,) = mlflow.search_runs(experiment_names=["e2e-env"], output_format="list")
+    assert run.info.status == "RUNNING" and "mlflow.project.backend" not in run.data.tags  # MLflow's gap
+    monkeypatch.setenv("ARCHLAB_STALE_AFTER_S", "0")
+    result = CliRunner().invoke(part1_cli, ["first-classifier", "--epochs", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert never_started_reason(run.info.run_id) == f"{lifecycle.NEVER_STARTED}; env manager: virtualenv"

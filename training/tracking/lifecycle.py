@@ -12,7 +12,10 @@ the store's state always true:
   database locked, and the runs could not be closed);
 - a RUNNING run is *stale* when its owner is gone: on this host, no process with that pid and
   start token; elsewhere, no heartbeat for ARCHLAB_STALE_AFTER_S (default 6 h). A stale run is
-  continued (its configuration resumes in it) or closed KILLED, never duplicated.
+  continued (its configuration resumes in it) or closed KILLED, never duplicated;
+- a project run that `mlflow run` created but whose command never started (the environment build
+  failed: offline, no pyenv/uv/conda) has no owner at all; every entry point and the report close
+  such runs FAILED once they are older than ARCHLAB_STALE_AFTER_S (close_never_started_project_runs).
 """
 from __future__ import annotations
 
@@ -31,6 +34,12 @@ HEARTBEAT_TAG = "archlab.heartbeat"
 END_REASON_TAG = "archlab.end_reason"
 ERROR_TAG = "archlab.error"
 STALE_AFTER_S = 6 * 3600
+# What mlflow.projects writes (mlflow/projects/utils.py _create_run, backend/local.py, __init__.py _run):
+SOURCE_TYPE_TAG = "mlflow.source.type"        # "PROJECT", set when the run is created
+ENTRY_POINT_TAG = "mlflow.project.entryPoint"
+PROJECT_ENV_TAG = "mlflow.project.env"        # virtualenv / uv / conda / docker, set before the build
+PROJECT_BACKEND_TAG = "mlflow.project.backend"  # set only once backend.run() has started the command
+NEVER_STARTED = "the project's command never started (environment setup failed?)"
 HANDLED_SIGNALS = ("SIGTERM", "SIGHUP", "SIGINT")
 STORE_MODULES = ("mlflow", "sqlalchemy", "sqlite3", "alembic")
 DEFER_S = 0.05
@@ -218,3 +227,56 @@ def parent_to_continue(found, grid: str, same_grid) -> Optional[Mapping]:
         if chosen is None or row["run_id"] != chosen["run_id"]:
             close_stale(row["run_id"], run_tags(row), f"grid {grid} was rerun")
     return chosen
+
+
+# ------------------------------------------------------------------------ project runs never started
+def never_started(run, now_s: Optional[float] = None) -> bool:
+    """Whether `run` (an mlflow Run) is a project run whose command clearly never started.
+
+    MLflow's launcher creates the run, then builds the environment, and only when the command is
+    running does `_run` tag it `mlflow.project.backend`; an exception in between leaves it RUNNING
+    with no backend tag and nothing else ends it. Dead, not still building: no archlab owner (the
+    command would have tagged one), no metric, and started longer ago than stale_after_s() (6 h:
+    far above a pyenv build plus a torch download)."""
+    tags, now_s = run.data.tags, time.time() if now_s is None else now_s
+    return (run.info.status == "RUNNING" and tags.get(SOURCE_TYPE_TAG) == "PROJECT" and ENTRY_POINT_TAG in tags
+            and PROJECT_BACKEND_TAG not in tags and OWNER_PID_TAG not in tags and not run.data.metrics
+            and now_s - run.info.start_time / 1000 > stale_after_s())
+
+
+def close_never_started(run_id: str, tags: Mapping[str, str]) -> None:
+    """End a project run whose command never started FAILED, saying so (and which env manager)."""
+    from mlflow.tracking import MlflowClient
+
+    env = tags.get(PROJECT_ENV_TAG)
+    reason = NEVER_STARTED + (f"; env manager: {env}" if env else "")
+    client = MlflowClient()
+    client.set_tag(run_id, END_REASON_TAG, reason)
+    client.set_terminated(run_id, "FAILED")
+    print(f"*** Closed run {run_id} (entry point {tags.get(ENTRY_POINT_TAG)}) as FAILED: {reason}")
+
+
+def close_never_started_project_runs() -> list[str]:
+    """Close every never_started project run in the store (every active experiment); returns their
+    ids. Why here: MLflow's launcher owns these runs and dies without ending them, so the next
+    archlab command is the first code that can; the caller's own project run is never touched."""
+    import mlflow
+
+    found = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=50_000,
+                               filter_string=f"attributes.status = 'RUNNING' and tags.`{SOURCE_TYPE_TAG}` = 'PROJECT'")
+    closed_ids = []
+    for run in found:
+        if run.info.run_id != os.environ.get("MLFLOW_RUN_ID") and never_started(run):
+            close_never_started(run.info.run_id, run.data.tags)
+            closed_ids.append(run.info.run_id)
+    return closed_ids
+
+
+def sweep_never_started() -> None:
+    """close_never_started_project_runs at the start of a command: housekeeping for runs this
+    command does not own, so a store that refuses it (a server whose user may not edit others'
+    runs) costs one warning line, never the command."""
+    try:
+        close_never_started_project_runs()
+    except Exception as e:  # noqa: BLE001  (MLflow, SQLAlchemy and HTTP errors alike)
+        print(f"*** Could not close project runs that never started: {type(e).__name__}: {str(e)[:200]}")

@@ -104,13 +104,16 @@ def open_run(name: str, tags: Optional[Mapping[str, str]] = None, experiment: Op
     - otherwise: a new top-level run in `experiment` (default: default_experiment_name()).
     The run is tagged with its owner (training.tracking.lifecycle). A run that raises ends FAILED
     (KILLED for Ctrl-C, SIGTERM, SIGHUP) with the reason in `archlab.end_reason` and the error in
-    `archlab.error`; a resumed run keeps its previous ones as `archlab.previous_*`.
+    `archlab.error`; a resumed run keeps its previous ones as `archlab.previous_*` (so does a
+    project run a sweep closed as never started while its environment was in fact still building).
     """
     from training.tracking import lifecycle
 
     lifecycle.install_signal_handlers()
     tags = {**dict(tags or {}), **lifecycle.owner_tags()}
     active = mlflow.active_run()
+    # launched by `mlflow run` (start_run consumes MLFLOW_RUN_ID, so note it first)
+    launched = os.environ.get("MLFLOW_RUN_ID") if run_id is None and active is None else None
     with mlflow_call():
         ctx = _start_run(name, tags, experiment, run_id, active)
     with ctx as run:
@@ -119,6 +122,8 @@ def open_run(name: str, tags: Optional[Mapping[str, str]] = None, experiment: Op
             if run_id is not None:
                 with mlflow_call():
                     _reopened(run_id, tags, parent_id=active.info.run_id if active is not None else None)
+            elif launched is not None:  # closed by a sweep while its environment was still building?
+                _keep_previous_end(launched, MlflowClient().get_run(launched).data.tags)
             yield run
         except BaseException as e:
             status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
@@ -149,14 +154,23 @@ def _start_run(name: str, tags: Mapping[str, str], experiment: Optional[str], ru
 
 def _reopened(run_id: str, tags: Mapping[str, str], parent_id: Optional[str]) -> None:
     """A resumed run: new owner tags, under the active parent, its old end kept as `previous_*`."""
+    old = MlflowClient().get_run(run_id).data.tags
+    extra = {"mlflow.parentRunId": parent_id} if parent_id and old.get("mlflow.parentRunId") != parent_id else {}
+    mlflow.set_tags({**tags, **extra})
+    _keep_previous_end(run_id, old)
+
+
+def _keep_previous_end(run_id: str, old: Mapping[str, str]) -> None:
+    """A run that ends afresh keeps how it ended before (`archlab.end_reason`, `archlab.error`) as
+    `archlab.previous_*`, so its tags never describe an end that is not its last."""
     from training.tracking import lifecycle
 
-    client = MlflowClient()
-    old = client.get_run(run_id).data.tags
     moved = {f"archlab.previous_{key.split('.', 1)[1]}": old[key]
              for key in (lifecycle.ERROR_TAG, lifecycle.END_REASON_TAG) if key in old}
-    extra = {"mlflow.parentRunId": parent_id} if parent_id and old.get("mlflow.parentRunId") != parent_id else {}
-    mlflow.set_tags({**tags, **moved, **extra})
+    if not moved:
+        return
+    client = MlflowClient()
+    mlflow.set_tags(moved)
     for key in (lifecycle.ERROR_TAG, lifecycle.END_REASON_TAG):
         if key in old:
             client.delete_tag(run_id, key)
