@@ -145,3 +145,26 @@ def test_submit_cli_reports_a_broken_config_and_logs_nothing(mlflow_store, tmp_p
                                             "--backend-config", str(path)])
     assert result.exit_code == 2 and "missing 'repository-uri'" in result.output
     assert all_runs() == []
+
+
+def test_local_backend_closes_the_child_whose_environment_cannot_be_built(mlflow_store, fake_cifar10, tmp_path,
+                                                                         monkeypatch):
+    """env_manager=virtualenv without pyenv (as offline): mlflow.projects.run raises after creating
+    the configuration's run and before its command; the submitter ends that child FAILED with the
+    reason (MLflow would leave it RUNNING), then the error stops the grid (its parent FAILED)."""
+    from training.tracking import lifecycle
+
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setenv("MLFLOW_ENV_ROOT", str(tmp_path / "envs"))
+    overrides = dict(epochs=1, batches=1, bs_train=16, device="cpu", out_dir=str(tmp_path / "results"),
+                     options=dict(n_train=64, n_valid=32, data_dir=str(fake_cifar10), allow_small=True,
+                                  checkpoint_dir=str(tmp_path / "ckpt")))
+    with pytest.raises(Exception):
+        submit_grid("exp1_1", overrides, backend="local", only=CONFIGS[:1], env_manager="virtualenv")
+    runs = all_runs()
+    (parent,) = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "parent"]
+    (child,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FAILED" and child.info.status == "FAILED"
+    assert child.data.tags[lifecycle.END_REASON_TAG] == f"{lifecycle.NEVER_STARTED}; env manager: virtualenv"
+    assert child.data.tags["mlflow.project.entryPoint"] == "config"

@@ -198,7 +198,6 @@ def submit_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, backen
     (default "local": this environment). Returns {"parent_run_id", "runs": [{name, run_id, status}],
     "finished", "skipped", "failed"} (skipped: the project run found the configuration already done)."""
     import mlflow
-    from mlflow.exceptions import ExecutionException
 
     from training.tracking import runs as tracking
     from training.experiments import experiment_name_of
@@ -226,12 +225,7 @@ def submit_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, backen
             kw = dict(uri=project_uri, entry_point=ENTRY_POINT, parameters=params[n], run_name=n,
                       experiment_id=parent.info.experiment_id, backend=backend)
             if backend == "local":
-                try:
-                    sub = mlflow.projects.run(**kw, env_manager=env_manager, synchronous=True)
-                    submitted.append((n, sub, "FINISHED"))
-                except ExecutionException as e:
-                    print(f"*** {n} failed: {e}. Continuing.")
-                    submitted.append((n, getattr(e, "submitted_run", None), "FAILED"))
+                submitted.append(_submit_local(n, kw, env_manager, parent.info.run_id))
             else:
                 sub = mlflow.projects.run(**kw, backend_config=kube_config, synchronous=False,
                                           build_image=build_image)
@@ -249,6 +243,37 @@ def submit_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, backen
     print_summary(name, {"written": summary["finished"], "skipped": summary["skipped"],
                          "diverged": summary["failed"]})
     return summary
+
+
+def _submit_local(name: str, kw: Mapping[str, Any], env_manager: Optional[str], parent_run_id: str) -> tuple:
+    """One configuration through the local backend, to completion: (name, submitted run, status). A
+    failed command is that configuration's failure; a failed launch (the environment) stops the grid."""
+    import mlflow
+    from mlflow.exceptions import ExecutionException
+
+    try:
+        return name, mlflow.projects.run(**kw, env_manager=env_manager, synchronous=True), "FINISHED"
+    except ExecutionException as e:
+        print(f"*** {name} failed: {e}. Continuing.")
+        return name, getattr(e, "submitted_run", None), "FAILED"
+    except Exception:  # the environment could not be built: every configuration would fail alike
+        _close_launch_failures(parent_run_id)
+        raise
+
+
+def _close_launch_failures(parent_run_id: str) -> None:
+    """mlflow.projects.run raised before the command started (the environment build: no pyenv, no
+    uv, offline): MLflow leaves the child it created RUNNING (and unnamed: the run name is set only
+    after the launch). This process saw the launch fail, so it ends that child FAILED now."""
+    import mlflow
+
+    from training.tracking import lifecycle
+
+    for run in mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                                                f"and attributes.status = 'RUNNING'"):
+        if lifecycle.never_started(run, min_age_s=0):
+            lifecycle.close_never_started(run.info.run_id, run.data.tags)
 
 
 def _run_id_by_name(parent_run_id: str, name: str) -> Optional[str]:

@@ -15,7 +15,8 @@ the store's state always true:
   continued (its configuration resumes in it) or closed KILLED, never duplicated;
 - a project run that `mlflow run` created but whose command never started (the environment build
   failed: offline, no pyenv/uv/conda) has no owner at all; every entry point and the report close
-  such runs FAILED once they are older than ARCHLAB_STALE_AFTER_S (close_never_started_project_runs).
+  such runs FAILED once they are older than ARCHLAB_STALE_AFTER_S (close_never_started_project_runs);
+  the grid submitter (training.grids.submit), which sees its launch fail, closes its own at once.
 """
 from __future__ import annotations
 
@@ -230,18 +231,19 @@ def parent_to_continue(found, grid: str, same_grid) -> Optional[Mapping]:
 
 
 # ------------------------------------------------------------------------ project runs never started
-def never_started(run, now_s: Optional[float] = None) -> bool:
+def never_started(run, now_s: Optional[float] = None, min_age_s: Optional[float] = None) -> bool:
     """Whether `run` (an mlflow Run) is a project run whose command clearly never started.
 
     MLflow's launcher creates the run, then builds the environment, and only when the command is
     running does `_run` tag it `mlflow.project.backend`; an exception in between leaves it RUNNING
     with no backend tag and nothing else ends it. Dead, not still building: no archlab owner (the
     command would have tagged one), no metric, and started longer ago than stale_after_s() (6 h:
-    far above a pyenv build plus a torch download)."""
+    far above a pyenv build plus a torch download; `min_age_s` 0: the caller saw the launch fail)."""
     tags, now_s = run.data.tags, time.time() if now_s is None else now_s
+    min_age_s = stale_after_s() if min_age_s is None else min_age_s
     return (run.info.status == "RUNNING" and tags.get(SOURCE_TYPE_TAG) == "PROJECT" and ENTRY_POINT_TAG in tags
             and PROJECT_BACKEND_TAG not in tags and OWNER_PID_TAG not in tags and not run.data.metrics
-            and now_s - run.info.start_time / 1000 > stale_after_s())
+            and now_s - run.info.start_time / 1000 >= min_age_s)
 
 
 def close_never_started(run_id: str, tags: Mapping[str, str]) -> None:
