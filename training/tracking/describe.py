@@ -18,14 +18,39 @@ NOTE_TAG = "mlflow.note.content"
 SYSTEM_METRICS_INTERVAL_S = 5  # a psutil sample + one log_batch per run every 5 s: cheap, and short runs get points
 
 
+GPU_MONITOR_LOGGER = "mlflow.system_metrics.metrics.gpu_monitor"
+
+
+class FirstTimeOnly(logging.Filter):
+    """Lets each distinct message through once per process. MLflow's GPU monitor warns at every
+    sample when NVML refuses a query (power or utilisation on a MIG slice or a GPU without the
+    sensor): every 5 s per run, in every worker, for the whole run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
 def enable_system_metrics() -> None:
     """CPU/GPU utilisation and memory as `system/*` metrics on every run started from now on (also in
     worker processes: MLflow keeps the switch in the environment). $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
-    still wins over the interval set here; MLflow's start/stop messages are kept off the console."""
+    still wins over the interval set here; MLflow's start/stop messages are kept off the console, and
+    its GPU monitor's warnings are shown once each. GPU metrics need nvidia-ml-py (requirements.txt)
+    and a driver; without either MLflow skips them silently (docs/mlflow-run.md)."""
     mlflow.enable_system_metrics_logging()
     if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    gpu_logger = logging.getLogger(GPU_MONITOR_LOGGER)
+    if not any(isinstance(f, FirstTimeOnly) for f in gpu_logger.filters):
+        gpu_logger.addFilter(FirstTimeOnly())
 
 
 @mlflow_call()
