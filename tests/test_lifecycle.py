@@ -210,7 +210,9 @@ def test_a_project_run_closed_too_early_ends_true_when_its_command_starts(mlflow
     client = MlflowClient()
     run_id = project_run(client, "0", 7 * 3600)
     assert lifecycle.close_never_started_project_runs() == [run_id]
-    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)  # what the launcher hands the command
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)  # what the launcher hands the command (get_run_env_vars)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "0")
+    mlflow.set_experiment(experiment_id="0")  # a fresh process: no other experiment chosen before
     with tracking.open_run("report"):
         pass
     run = client.get_run(run_id)
