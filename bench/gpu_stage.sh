@@ -20,6 +20,8 @@
 #          bash bench/gpu_stage.sh stage 0 && bash bench/gpu_stage.sh wheels
 #   call 2 (carry .gpu/cifar10-lossless.npz.part1 .gpu/cifar10-lossless.npz.part2):  bash bench/gpu_stage.sh stage 1 2
 #   call 3 (carry .gpu/cifar10-lossless.npz.part3 .gpu/cifar10-lossless.npz.part4):  bash bench/gpu_stage.sh reproduce "$OUT"
+#   call 4 (carry nothing; only if call 3 was cut and the machine is still warm):  bash bench/gpu_stage.sh reproduce "$OUT"
+#          (reproduce continues its own run: what finished is skipped, what was cut resumes)
 #   here:  bash bench/gpu_stage.sh rehearse-reproduce   # all three on the CPU, smoke size on fake data, 2 workers
 # reproduce: `python3 -m entrypoints.reproduce --seeds 42,43,44` on the unpacked data, into the default
 # store ./mlflow.db, under a hard timeout that ends BUDGET_S (default 570) seconds after the call's

@@ -68,9 +68,11 @@ def cnn_description(p: Mapping[str, Any]) -> str:
     arch = f"{p['model_type']} K={p['filters_per_layer']} L={p['layers_per_block']} P={p['pool_every']} " \
            f"H={p['hidden_dims']}"
     opt = f"{p.get('optimizer', 'adam')} lr={p['lr']} reg={p['reg']}"
-    return (f"{arch}; {opt}; batch {p['bs_train']}, up to {p['epochs']} epochs (early stop {_fmt(p['early_stopping'])}, "
+    epochs = f"{p['epochs']} epoch{'s' * (str(p['epochs']) != '1')}"
+    test = p.get("n_test") or "10000"  # a run without n_test tests on the whole test set
+    return (f"{arch}; {opt}; batch {p['bs_train']}, up to {epochs} (early stop {_fmt(p['early_stopping'])}, "
             f"batches/epoch {_fmt(p['batches']) if p['batches'] else 'all'}); {p.get('n_train', '?')} train / "
-            f"{p.get('n_valid', '?')} valid images; seed {p['seed']}")
+            f"{p.get('n_valid', '?')} valid / {test} test images; seed {p['seed']}")
 
 
 def mlp_description(p: Mapping[str, Any]) -> str:
