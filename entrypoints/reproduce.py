@@ -129,9 +129,7 @@ def cli(grids, allow_cpu, part1_config, epochs, bs_train, n_train, n_valid, n_te
         plan_programme(grids, overrides, seeds)
     except (ValueError, FileNotFoundError) as e:
         raise click.UsageError(str(e)) from None
-    params = dict(grids=",".join(grids), profile=profile, part1_config=part1_config,
-                  seeds=",".join(map(str, seeds or [])) or "config",
-                  cifar=json.dumps({k: v for k, v in overrides.items() if k != "device"}, sort_keys=True))
+    params = programme_params(grids, profile, part1_config, seeds, overrides)
     out = out or settings.get("out", "reports")
     t0 = time.perf_counter()
     with open_reproduce_run(params) as run:
@@ -147,6 +145,14 @@ def cli(grids, allow_cpu, part1_config, epochs, bs_train, n_train, n_valid, n_te
     click.echo(summary(result))
     click.echo(f"Reproduced in {time.perf_counter() - t0:.0f} s on {device}{' (smoke profile)' * (profile == 'smoke')}.")
     print_where(uri)
+
+
+def programme_params(grids, profile: str, part1_config: str, seeds, overrides: Dict[str, Any]) -> Dict[str, str]:
+    """What the reproduce run logs and a rerun must match to continue it. Prefixed `programme.`:
+    under `mlflow run` the run already holds the -P values under the options' own names."""
+    cifar = json.dumps({k: v for k, v in overrides.items() if k != "device"}, sort_keys=True)
+    return {"programme.grids": ",".join(grids), "programme.profile": profile, "programme.part1_config": part1_config,
+            "programme.seeds": ",".join(map(str, seeds or [])) or "config", "programme.cifar": cifar}
 
 
 @contextlib.contextmanager

@@ -16,8 +16,9 @@ from training.config import load_config
 from training.tracking.rejected import NOTE_TAG, REJECTED_TAG
 
 
-def mlflow_run(entry: str, params: dict, tmp_path, store: str, experiment: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "-e", entry, "--env-manager", "local",
+def mlflow_run(entry: str, params: dict, tmp_path, store: str, experiment: str,
+               project=PROJECT_ROOT) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "mlflow", "run", str(project), "-e", entry, "--env-manager", "local",
            "--experiment-name", experiment]
     for k, v in params.items():
         cmd += ["-P", f"{k}={v}"]
@@ -167,3 +168,39 @@ def test_rejected_inputs_leave_a_run_that_says_why(mlflow_store, tmp_path, entry
     assert proc.returncode != 0
     assert message in proc.stderr
     assert_rejected("e2e-rejected", entry, message)
+
+
+def test_reproduce_smoke_profile_runs_under_mlflow_run(mlflow_store, tmp_path):
+    """`-e reproduce -P profile=smoke`: the MLflow project run becomes the `reproduce` run (its -P
+    values and the programme's own params side by side, no clash), the grids' parents nest under it,
+    every configuration of them FINISHED, the smoke report written."""
+    from cifar_fixtures import write_fake_cifar10
+
+    data = write_fake_cifar10(tmp_path / "fake", n_train_per_batch=200, n_test=300)  # >= the profile's 256
+    params = dict(profile="smoke", grids="test_run,exp1_3", data_dir=data, part1_config=tiny_part1_config(tmp_path))
+    project = project_copy(tmp_path / "project")  # the profile's results/ and checkpoints/ land in the project
+    proc = mlflow_run("reproduce", params, tmp_path, mlflow_store, "e2e-reproduce", project=project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = project_runs("e2e-reproduce")
+    assert runs["status"].eq("FINISHED").all()
+    top = runs[runs["tags.mlflow.project.entryPoint"] == "reproduce"]
+    assert len(top) == 1 and top["tags.grid"].iloc[0] == "reproduce"
+    assert top["params.profile"].iloc[0] == top["params.programme.profile"].iloc[0] == "smoke"
+    for grid, n in (("test_run", 1), ("exp1_3", 4)):
+        parent = runs[(runs["tags.grid"] == grid) & (runs["tags.archlab.role"] == "parent")]
+        assert len(parent) == 1 and parent["tags.mlflow.parentRunId"].iloc[0] == top.run_id.iloc[0]
+        assert (runs["tags.mlflow.parentRunId"] == parent.run_id.iloc[0]).sum() == n
+    assert "Smoke-size runs" in (project / "reports" / "smoke" / "answers.md").read_text()
+    assert len(list((project / "results" / "smoke").glob("*.json"))) == 5
+
+
+def project_copy(dest):
+    """The project's tracked files in `dest` (git ls-files), so a run's outputs stay out of the repo."""
+    import shutil
+
+    files = subprocess.run(["git", "ls-files"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    for name in files.stdout.splitlines():
+        if (PROJECT_ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(PROJECT_ROOT / name, dest / name)
+    return dest
