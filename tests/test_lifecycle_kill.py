@@ -225,6 +225,7 @@ def test_kill_9_of_a_parallel_grids_driver_takes_its_workers_and_server_along(ml
     (tmp_path / "tmp").mkdir()
     env = {**grid_env(mlflow_store, tmp_path), "TMPDIR": str(tmp_path / "tmp")}
     script = PARALLEL_SCRIPT.format(root=str(PROJECT_ROOT), config=config, overrides=overrides)
+    MlflowClient(mlflow_store).search_experiments()  # created (and migrated) before the test polls it
     log = open(tmp_path / "grid.log", "w")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)

@@ -46,6 +46,7 @@ def test_sigkill_mid_grid_then_rerun_finishes_only_what_is_missing(mlflow_store,
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1"}
     command = _command(part1, fake_cifar10, tmp_path / "reports")
     client = MlflowClient()
+    client.search_experiments()  # the store created (and migrated) before this test polls it beside the command
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:

@@ -103,6 +103,7 @@ def test_sigkill_of_a_parallel_worker_then_rerun_resumes(mlflow_store, tmp_path)
     script = GRID_SCRIPT.format(root=str(PROJECT_ROOT), uri=mlflow_store, config=str(config), overrides=overrides,
                                 workers=2)
     client = MlflowClient(mlflow_store)  # reads the SQLite file the private server writes
+    client.search_experiments()  # created (and migrated) before the test polls it beside the grid
     log = open(tmp_path / "driver.log", "w+")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=subprocess_env(mlflow_store),
                             stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
