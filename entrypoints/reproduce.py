@@ -26,7 +26,6 @@ from entrypoints.part1 import load_part1_config
 
 ALL_GRIDS = "test_run,exp1_1,exp1_2,exp1_3,exp1_4,exp2"
 PROFILES = ("full", "smoke")
-SIZE_OPTIONS = ("epochs", "bs_train", "n_train", "n_valid", "n_test", "allow_small")  # what a profile may set
 
 
 def _grid_list(ctx, param, value: str):
