@@ -125,6 +125,15 @@ def nothing_to_train(name: str, cfg: Mapping[str, Any], planned: Sequence[Planne
     return True
 
 
+def all_skipped(name: str, planned: Sequence[Planned]) -> Dict[str, List[str]]:
+    """The outcome of a grid with nothing to train, with the same closing line as one that trained."""
+    from training.cnn.store import run_name
+
+    outcome = {"written": [], "skipped": [run_name(r, o) for r, o in planned], "diverged": []}
+    print_summary(name, outcome)
+    return outcome
+
+
 def select_runs(runs: List[Dict[str, Any]], only: Optional[Sequence[str]]) -> List[Dict[str, Any]]:
     """The configurations named in `only` (child run names such as exp2_L3_K32-64-128), all when None."""
     from training.experiments import experiment_name_of
@@ -164,10 +173,7 @@ def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, workers: 
     planned = plan_grid(name, overrides, only, seeds)
     with grid_lock(mlflow.get_tracking_uri(), name):  # one process per store and grid, in every mode
         if nothing_to_train(name, cfg, planned):
-            outcome = {"written": [], "skipped": [run_name(recipe, options) for recipe, options in planned],
-                       "diverged": []}
-            print_summary(name, outcome)  # the same closing line as a grid that trained
-            return outcome
+            return all_skipped(name, planned)
         if workers > 1 or devices:
             from training.grids.parallel import run_grid_parallel
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from training.grids.expand import load_grid_config, nothing_to_train, plan_grid, run_grid
-from training.grids.parent import Planned, print_summary
+from training.grids.expand import all_skipped, load_grid_config, nothing_to_train, plan_grid, run_grid
+from training.grids.parent import Planned
 
 Outcome = Dict[str, List[str]]
 
@@ -34,7 +34,6 @@ def run_programme(names: Sequence[str], overrides: Optional[Mapping[str, Any]] =
         return {name: run_grid(name, overrides, seeds=seeds) for name in names}
     import mlflow
 
-    from training.cnn.store import run_name
     from training.grids.lock import grid_lock
     from training.grids.parallel import run_grids_parallel
 
@@ -47,9 +46,7 @@ def run_programme(names: Sequence[str], overrides: Optional[Mapping[str, Any]] =
         for name in names:
             cfg = load_grid_config(name)
             if nothing_to_train(name, cfg, planned[name]):
-                outcomes[name] = {"written": [], "skipped": [run_name(r, o) for r, o in planned[name]],
-                                  "diverged": [], "busy": []}
-                print_summary(name, outcomes[name])
+                outcomes[name] = {**all_skipped(name, planned[name]), "busy": []}  # as the pool reports grids
             else:
                 todo[name] = (cfg, planned[name])
         if todo:
