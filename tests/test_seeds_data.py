@@ -172,3 +172,47 @@ def test_part1_takes_seeds_and_records_its_synthetic_data(mlflow_store, tmp_path
         assert sources == {"42"} and len(run.inputs.dataset_inputs) == 3
         digests.add(tags[tracking.DATA_DIGEST_TAG])
     assert len(digests) == 1  # every seed on the same points
+
+
+def test_workers_logging_one_new_dataset_at_once_each_link_it_and_it_is_stored_once(mlflow_store):
+    """Parallel workers of a grid register the same new splits at the same moment: MLflow's store
+    checks, then inserts, so all but one hit the unique constraint on (experiment, name, digest)
+    (CI saw it under `-e reproduce`). Each run must still get its three inputs, each dataset once."""
+    import threading
+
+    import numpy as np
+
+    from training.data.provenance import DataRecord, SplitData
+
+    client = MlflowClient()
+    experiment_id = mlflow.set_experiment("race").experiment_id
+    workers, rounds, errors = 6, 4, []
+    for round_ in range(rounds):  # one round alone may not interleave; without the retry 9 of 10 did
+        x = np.full((4, 2), round_, dtype=np.float32)
+        record = DataRecord("race", "/nowhere", "unknown",
+                            [SplitData(name, x + i, np.zeros(4)) for i, name in enumerate(("train", "valid", "test"))])
+        runs = [client.create_run(experiment_id) for _ in range(workers)]
+        barrier = threading.Barrier(workers)
+
+        def log(run_id: str) -> None:
+            barrier.wait()
+            try:
+                with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+                    record.log()
+            except Exception as exc:  # noqa: BLE001 - collected and shown below
+                errors.append(repr(exc)[:300])
+
+        threads = [threading.Thread(target=log, args=(r.info.run_id,)) for r in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for r in runs:
+            inputs = client.get_run(r.info.run_id).inputs.dataset_inputs
+            assert sorted(i.dataset.name for i in inputs) == ["race-test", "race-train", "race-valid"]
+    assert errors == []
+    seen = {}
+    for run in client.search_runs([experiment_id], max_results=100):
+        for i in run.inputs.dataset_inputs:
+            seen.setdefault((i.dataset.name, i.dataset.digest), set()).add(run.info.run_id)
+    assert len(seen) == 3 * rounds and all(len(ids) == workers for ids in seen.values())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Hashable, List, Mapping, Optional, Tuple
 
@@ -23,6 +24,7 @@ KNOWN_TEST_DIGESTS = {
 }
 CONTEXTS = {"train": "training", "valid": "validation", "test": "test"}  # MLflow's input contexts
 MLFLOW_DIGEST_CHARS = 32  # MLflow stores at most 36 characters of a dataset digest
+DATASET_RACE_TRIES = 4     # log_dataset_inputs: parallel workers registering one new dataset
 
 
 @dataclass
@@ -74,8 +76,7 @@ class DataRecord:
 
         with mlflow_call():  # part of the run's mlflow_time_s
             mlflow.set_tags(self.tags())
-            for split in self.splits:
-                mlflow.log_input(self.dataset(split), context=CONTEXTS[split.name])
+            log_dataset_inputs([self.dataset(s) for s in self.splits], [CONTEXTS[s.name] for s in self.splits])
 
     def dataset(self, split: SplitData):
         """An mlflow.data NumpyDataset with our digest (no second pass over the pixels)."""
@@ -87,6 +88,34 @@ class DataRecord:
             get_dataset_source_from_json(json.dumps({"uri": self.source}), "local")
         return mlflow.data.from_numpy(_numpy(split.features), source=source, targets=_numpy(split.targets),
                                       name=f"{self.prefix}-{split.name}", digest=split.digest[:MLFLOW_DIGEST_CHARS])
+
+
+def log_dataset_inputs(datasets: List[Any], contexts: List[str], tries: int = DATASET_RACE_TRIES) -> None:
+    """mlflow.log_inputs on the active run, retried when another run registered the same dataset at
+    the same moment.
+
+    Why: MLflow's store looks up which (name, digest) datasets its experiment holds, then inserts the
+    missing ones in one transaction. Two workers of a grid logging the same new split at once both
+    insert it; the later one fails on the unique constraint and its transaction is rolled back
+    (nothing half-written). On the retry the dataset exists and only this run's links are written.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, tries + 1):
+        try:
+            mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=[None] * len(datasets))
+            return
+        except MlflowException as exc:
+            if attempt == tries or not is_duplicate_dataset_error(exc):
+                raise
+            time.sleep(0.05 * attempt)
+
+
+def is_duplicate_dataset_error(exc: Exception) -> bool:
+    """The store's unique-constraint failure on its datasets table (SQLite, PostgreSQL, MySQL words)."""
+    text = str(exc).lower()
+    return "datasets" in text and ("unique constraint" in text or "duplicate" in text)
 
 
 def _numpy(a: Any):
