@@ -18,7 +18,6 @@ import time
 from typing import Any, Dict, Iterator, Optional
 
 import click
-import torch
 
 from entrypoints.common import (auto_is_none, device_list, print_where, resolve_device, run_cli, seeds_option, start,
                                 tracking_options, worker_count, zero_is_none)
@@ -111,6 +110,7 @@ def cli(grids, allow_cpu, part1_config, epochs, bs_train, n_train, n_valid, n_te
         device, workers, devices, cuda_graphs, out, profile, seeds, tracking_uri, experiment):
     """Part 1, the CIFAR-10 grids and the answers report, in one go."""
     from analysis.report import build_report, summary
+    from training.data.threads import torch_threads
     from training.grids.programme import plan_programme, run_programme
     from training.part1.runs import run_part1
 
@@ -135,10 +135,8 @@ def cli(grids, allow_cpu, part1_config, epochs, bs_train, n_train, n_valid, n_te
         if part1_finished(run.info.run_id):
             click.echo("*** Part 1 already finished in this reproduce run; not trained again")
         else:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # Part 1's tiny batches: see entrypoints.part1
-            run_part1(cfg, device=device, seeds=seeds)
-            torch.set_num_threads(threads)
+            with torch_threads(1):  # Part 1's tiny batches: see entrypoints.part1
+                run_part1(cfg, device=device, seeds=seeds)
         run_programme(grids, overrides, workers=workers, devices=devices, seeds=seeds)
         result = build_report(out)
     click.echo(summary(result))

@@ -428,3 +428,20 @@ def test_cuda_loader_matches_cpu(pad_mode):
         assert torch.equal(yc, yg.cpu())
         torch.testing.assert_close(xc, xg.cpu(), atol=1e-5, rtol=0)
     assert torch.equal(torch.cuda.get_rng_state(), cuda_rng)
+
+
+def test_torch_thread_count_comes_back_even_when_the_block_fails():
+    """The loader's single CPU thread and reproduce's one-thread Part 1 hand the count back, error or not."""
+    from training.data.threads import single_thread, torch_threads
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError):
+        with torch_threads(before + 1):
+            assert torch.get_num_threads() == before + 1
+            raise RuntimeError("a failing Part 1")
+    assert torch.get_num_threads() == before
+    with single_thread(torch.device("cpu")):
+        assert torch.get_num_threads() == 1
+    with single_thread(torch.device("meta")):  # not the CPU: training's count stays
+        assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == before

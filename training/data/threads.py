@@ -15,14 +15,21 @@ import torch
 
 
 @contextlib.contextmanager
-def single_thread(device: torch.device) -> Iterator[None]:
-    """Run the block with torch on one intra-op thread when `device` is the CPU; restore after."""
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with torch on `n` intra-op threads; the count before comes back even on error."""
     before = torch.get_num_threads()
-    if device.type != "cpu" or before == 1:
+    if before == n:
         yield
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def single_thread(device: torch.device) -> Iterator[None]:
+    """Run the block with torch on one intra-op thread when `device` is the CPU; restore after."""
+    with torch_threads(1 if device.type == "cpu" else torch.get_num_threads()):
+        yield
