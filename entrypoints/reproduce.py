@@ -125,7 +125,7 @@ def cli(grids, allow_cpu, part1_config, epochs, bs_train, n_train, n_valid, n_te
     overrides = cifar_overrides(settings, sizes, device, data_dir, download, cuda_graphs)
     uri = start(tracking_uri, experiment)
     try:  # every configuration of every grid, and the data, before anything trains
-        plan_programme(grids, overrides, seeds)
+        planned = plan_programme(grids, overrides, seeds)
     except (ValueError, FileNotFoundError) as e:
         raise click.UsageError(str(e)) from None
     params = programme_params(grids, profile, part1_config, seeds, overrides)
@@ -137,7 +137,7 @@ def cli(grids, allow_cpu, part1_config, epochs, bs_train, n_train, n_valid, n_te
         else:
             with torch_threads(1):  # Part 1's tiny batches: see entrypoints.part1
                 run_part1(cfg, device=device, seeds=seeds)
-        run_programme(grids, overrides, workers=workers, devices=devices, seeds=seeds)
+        run_programme(grids, overrides, workers=workers, devices=devices, seeds=seeds, planned=planned)
         result = build_report(out)
     click.echo(summary(result))
     click.echo(f"Reproduced in {time.perf_counter() - t0:.0f} s on {device}{' (smoke profile)' * (profile == 'smoke')}.")

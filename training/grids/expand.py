@@ -157,20 +157,21 @@ def plan_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, only: Op
 
 def run_grid(name: str, overrides: Optional[Mapping[str, Any]] = None, workers: int = 1,
              devices: Optional[Sequence[str]] = None, only: Optional[Sequence[str]] = None,
-             seeds: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+             seeds: Optional[Sequence[int]] = None, planned: Optional[List[Planned]] = None) -> Dict[str, Any]:
     """Run (or continue) grid `name` as one parent run with a child per (configuration, seed).
 
     workers > 1 (or a devices list): the (configuration, seed) pairs train in parallel worker
     processes (training.grids.parallel); otherwise one after the other in this process.
     only: train just these configurations (programme names); the rest stay as they are.
-    seeds: the seeds of every configuration (None: the config's seed)."""
+    seeds: the seeds of every configuration (None: the config's seed).
+    planned: plan_grid's answer for these arguments when the caller already has it (not checked twice)."""
     import mlflow
 
     from training.cnn.store import run_name
     from training.grids.lock import config_lock, grid_lock
 
     cfg = load_grid_config(name)
-    planned = plan_grid(name, overrides, only, seeds)
+    planned = planned if planned is not None else plan_grid(name, overrides, only, seeds)
     with grid_lock(mlflow.get_tracking_uri(), name):  # one process per store and grid, in every mode
         if nothing_to_train(name, cfg, planned):
             return all_skipped(name, planned)

@@ -23,21 +23,23 @@ def plan_programme(names: Sequence[str], overrides: Optional[Mapping[str, Any]] 
 
 
 def run_programme(names: Sequence[str], overrides: Optional[Mapping[str, Any]] = None, workers: int = 1,
-                  devices: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None
-                  ) -> Dict[str, Outcome]:
+                  devices: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
+                  planned: Optional[Mapping[str, List[Planned]]] = None) -> Dict[str, Outcome]:
     """Run (or continue) grids `names`; {grid: outcome} as run_grid returns it.
 
     One worker (no devices list): grid after grid in this process (nothing idles). More: one pool
     for all of them (training.grids.parallel.run_grids_parallel), each grid locked for the whole
-    job, grids with nothing left to train skipped without a parent."""
+    job, grids with nothing left to train skipped without a parent. planned: plan_programme's
+    answer for these arguments when the caller checked them already (each check builds every model
+    on the meta device and reads the data)."""
+    planned = planned if planned is not None else plan_programme(names, overrides, seeds)
     if workers <= 1 and not devices:
-        return {name: run_grid(name, overrides, seeds=seeds) for name in names}
+        return {name: run_grid(name, overrides, seeds=seeds, planned=planned[name]) for name in names}
     import mlflow
 
     from training.grids.lock import grid_lock
     from training.grids.parallel import run_grids_parallel
 
-    planned = plan_programme(names, overrides, seeds)
     outcomes: Dict[str, Outcome] = {}
     with contextlib.ExitStack() as locks:
         for name in sorted(names):  # one order for every process: two programmes never deadlock
