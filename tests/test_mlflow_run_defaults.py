@@ -72,14 +72,15 @@ def cifar_data(fake_cifar10, tmp_path) -> dict:
     return dict(data_dir=fake_cifar10, out_dir=tmp_path / "results", checkpoint_dir=tmp_path / "ckpt")
 
 
-# Size only: tiny splits, and for the heavy grids one epoch of one small batch.
-ONE_BATCH = dict(epochs=1, batches=1, bs_train=32)
+# Size only: tiny splits, and for the heavy grids one epoch of one small batch. n_test: the final
+# test (exp2's is 6-view test-time augmentation of a 12-layer-per-stage net) on 50 of the 200 images.
+ONE_BATCH = dict(epochs=1, batches=1, bs_train=32, n_test=50)
 
 
 @pytest.mark.parametrize("entry,size", [
     ("test_run", dict(n_train=500, n_valid=50)),
     ("grid", dict(grid_name="test_run", n_train=500, n_valid=50)),  # grid_name: the one required parameter
-    ("exp1_1", dict(n_train=128, n_valid=32, allow_small="true", epochs=2)),
+    ("exp1_1", dict(n_train=128, n_valid=32, n_test=50, allow_small="true", epochs=2)),
     ("exp1_2", dict(n_train=64, n_valid=32, allow_small="true", **ONE_BATCH)),
     ("exp1_3", dict(n_train=64, n_valid=32, allow_small="true", **ONE_BATCH)),
     ("exp1_4", dict(n_train=64, n_valid=32, allow_small="true", **ONE_BATCH)),
