@@ -5,6 +5,9 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q
+# Test processes (pytest-xdist): the suite mostly waits on `mlflow run`, servers and killed process
+# trees, so two processes on two cores took 17 min where one took 22. 0: all in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: setup main smoke test bench report clean-runs
 
@@ -26,7 +29,7 @@ smoke: setup
 	$(PY) -m entrypoints.reproduce --profile smoke --data-dir $(CIFAR_DIR) --download --tracking-uri sqlite:///smoke.db
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 report: setup
 	$(PY) -m analysis.report
