@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q
 # Test processes (pytest-xdist): the suite mostly waits on `mlflow run`, servers and killed process
-# trees, so two processes on two cores took 17 min where one took 22. 0: all in this process.
+# trees: on two cores two processes (work-stealing) took 14-16 min where one took 20-22. 0: one process.
 TEST_WORKERS ?= 2
 
 .PHONY: setup main smoke test bench report clean-runs

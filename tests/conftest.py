@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import matplotlib
 import mlflow
@@ -26,6 +27,13 @@ def mlflow_store(tmp_path, monkeypatch):
     yield uri
     while mlflow.active_run() is not None:
         mlflow.end_run()
+
+
+def create_store(uri: Optional[str] = None) -> None:
+    """Create (and migrate) the tracking store now (default: the current one). A test that polls a
+    fresh SQLite store beside a subprocess would otherwise race that process's first migration of
+    the file ("No such index")."""
+    mlflow.MlflowClient(uri).search_experiments()
 
 
 def subprocess_env(tracking_uri: str) -> dict:

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from cifar_fixtures import fake_cifar10, write_fake_cifar10  # noqa: F401
-from conftest import PROJECT_ROOT, subprocess_env
+from conftest import PROJECT_ROOT, create_store, subprocess_env
 from entrypoints.cifar import cli
 from training.tracking import runs as tracking
 from training.cnn.experiment import cnn_experiment
@@ -172,7 +172,7 @@ def test_sigkill_mid_grid_then_rerun_finishes_each_configuration_once(mlflow_sto
     overrides = dict(epochs=epochs, bs_train=32, options=dict(n_train=800, n_valid=100, allow_small=True,
                                                               log_model=False, data_dir=str(root)))
     script = KILL_SCRIPT.format(root=str(PROJECT_ROOT), uri=mlflow_store, config=str(config), overrides=overrides)
-    mlflow.MlflowClient(mlflow_store).search_experiments()  # created (and migrated) before the test polls it
+    create_store(mlflow_store)
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=subprocess_env(mlflow_store),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     killed_in = None

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from cifar_fixtures import fake_cifar10, write_fake_cifar10  # noqa: F401
-from conftest import PROJECT_ROOT, subprocess_env
+from conftest import PROJECT_ROOT, create_store, subprocess_env
 from training.tracking import lifecycle
 from training.tracking import runs as tracking
 
@@ -119,7 +119,7 @@ def test_a_second_identical_grid_is_refused_while_the_first_runs(mlflow_store, t
     args = GRID_CLI + ["--data-dir", str(root)]
     monkeypatch.setenv("ARCHLAB_LOCK_DIR", str(tmp_path / "locks"))
     env = {**subprocess_env(mlflow_store), "ARCHLAB_LOCK_DIR": str(tmp_path / "locks")}
-    MlflowClient().search_experiments()  # the store exists before two processes poll it
+    create_store()
     first = subprocess.Popen([sys.executable, "-m", "entrypoints.cifar", *args], cwd=tmp_path, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -152,7 +152,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_file(mlflow_store, fake_cifa
     """Case 10: a checkpoint that cannot be written (here: a file-size limit, as `ulimit -f`) stops
     the run FAILED with one line, and no `*.tmp<pid>` file is left in checkpoints/."""
     limit = 6 * 2**20  # the store stays below it; the 33 MB checkpoint of this model does not
-    MlflowClient().search_experiments()  # the store exists before the limit applies
+    create_store()  # before the file-size limit applies
     args = ["run-exp", "-n", "full", "-K", "64", "-L", "1", "-P", "1", "-H", "512", "--epochs", "1",
             "--allow-small", "--n-train", "64", "--n-valid", "32", "--bs-train", "32", "--data-dir", str(fake_cifar10)]
     proc = subprocess.run([sys.executable, "-c", RUN_EXP.format(root=str(PROJECT_ROOT), limit=limit, args=args)],

@@ -25,7 +25,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from cifar_fixtures import write_fake_cifar10
-from conftest import PROJECT_ROOT, process_cmdline, subprocess_env
+from conftest import PROJECT_ROOT, create_store, process_cmdline, subprocess_env
 from training.tracking import lifecycle
 from training.tracking import runs as tracking
 
@@ -59,7 +59,7 @@ def grid_env(store: str, tmp_path: Path) -> dict:
 
 
 def start_grid(store: str, tmp_path: Path, config: str, overrides: dict, log_name: str = "grid.log"):
-    MlflowClient(store).search_experiments()  # created (and migrated) before the test polls it
+    create_store(store)
     script = GRID_SCRIPT.format(root=str(PROJECT_ROOT), config=config, overrides=overrides)
     log = open(tmp_path / log_name, "w")
     return subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=grid_env(store, tmp_path),
@@ -225,7 +225,7 @@ def test_kill_9_of_a_parallel_grids_driver_takes_its_workers_and_server_along(ml
     (tmp_path / "tmp").mkdir()
     env = {**grid_env(mlflow_store, tmp_path), "TMPDIR": str(tmp_path / "tmp")}
     script = PARALLEL_SCRIPT.format(root=str(PROJECT_ROOT), config=config, overrides=overrides)
-    MlflowClient(mlflow_store).search_experiments()  # created (and migrated) before the test polls it
+    create_store(mlflow_store)
     log = open(tmp_path / "grid.log", "w")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)

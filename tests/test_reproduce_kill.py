@@ -11,6 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from cifar_fixtures import fake_cifar10  # noqa: F401
+from conftest import create_store
 from test_part1_tracking import small_config
 from training.config import PROJECT_ROOT
 
@@ -46,7 +47,7 @@ def test_sigkill_mid_grid_then_rerun_finishes_only_what_is_missing(mlflow_store,
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1"}
     command = _command(part1, fake_cifar10, tmp_path / "reports")
     client = MlflowClient()
-    client.search_experiments()  # the store created (and migrated) before this test polls it beside the command
+    create_store(mlflow_store)
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:

@@ -18,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from cifar_fixtures import write_fake_cifar10
-from conftest import PROJECT_ROOT, process_cmdline, subprocess_env
+from conftest import PROJECT_ROOT, create_store, process_cmdline, subprocess_env
 from training.tracking import runs as tracking
 
 pytestmark = pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc")
@@ -103,7 +103,7 @@ def test_sigkill_of_a_parallel_worker_then_rerun_resumes(mlflow_store, tmp_path)
     script = GRID_SCRIPT.format(root=str(PROJECT_ROOT), uri=mlflow_store, config=str(config), overrides=overrides,
                                 workers=2)
     client = MlflowClient(mlflow_store)  # reads the SQLite file the private server writes
-    client.search_experiments()  # created (and migrated) before the test polls it beside the grid
+    create_store(mlflow_store)
     log = open(tmp_path / "driver.log", "w+")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=subprocess_env(mlflow_store),
                             stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
